@@ -1,0 +1,196 @@
+import gzip
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from jaxae import data
+
+FASHION_DIR = data.KNOWN_IDX_DIRS["fashion_mnist"]
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encodes a uint8 array in the IDX format."""
+    header = (0x0800 | array.ndim).to_bytes(4, "big")
+    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx_folder(folder: Path, n_train=7, n_test=5, gz=True) -> dict:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        images = rng.integers(0, 256, (n, 6, 5), dtype=np.uint8)
+        labels = rng.integers(0, 10, (n,), dtype=np.uint8)
+        arrays[split] = (images, labels)
+        for stem, array in zip(data.IDX_STEMS[split], (images, labels), strict=True):
+            raw = idx_bytes(array)
+            if gz:
+                (folder / f"{stem}.gz").write_bytes(gzip.compress(raw))
+            else:
+                (folder / stem).write_bytes(raw)
+    return arrays
+
+
+def test_real_mnist_is_canonical(mnist_train, mnist_test):
+    for split, ds in (("train", mnist_train), ("test", mnist_test)):
+        assert ds.images.dtype == np.uint8 and ds.labels.dtype == np.int32
+        assert data.sha256_of(ds.images.reshape(-1, 28, 28)) == data.MNIST_SHA256[(split, "images")]
+        assert data.sha256_of(ds.labels.astype(np.uint8)) == data.MNIST_SHA256[(split, "labels")]
+    assert mnist_train.images.shape == (60000, 28, 28, 1)
+    assert mnist_test.images.shape == (10000, 28, 28, 1)
+    assert mnist_train.images.mean() == pytest.approx(33.318421449829934, abs=1e-9)
+    assert np.bincount(mnist_train.labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+def test_bundled_source_reads_the_wheel_and_matches_hashes(mnist_train, empty_cache):
+    test = data.load("mnist", "test", source="bundled")
+    assert test.source == "bundled" and test.images.shape == (10000, 28, 28, 1)
+    # One unpickling caches both splits, each verified again on the way back.
+    assert data.load("mnist", "train", source="cache").images.mean() == mnist_train.images.mean()
+    assert sorted(p.name for p in empty_cache.glob("*.npz")) == ["mnist-test.npz", "mnist-train.npz"]
+
+
+def test_corrupt_cache_is_rebuilt_not_trusted(mnist_test, empty_cache):
+    cache_file = empty_cache / "mnist-test.npz"
+    cache_file.write_bytes(b"not an npz file")
+    with pytest.raises(data.DataError, match="no valid cache"):
+        data.load("mnist", "test", source="cache")
+    rebuilt = data.load("mnist", "test")
+    assert rebuilt.source == "bundled"
+    np.testing.assert_array_equal(rebuilt.images, mnist_test.images)
+    assert data.load("mnist", "test").source == "cache"
+
+
+def test_cache_with_valid_checksum_but_wrong_content_is_refused(mnist_test, empty_cache):
+    images = mnist_test.images.copy()
+    images[0, 0, 0, 0] ^= 1  # one flipped bit, checksum recomputed: still not MNIST
+    data._write_cache("mnist", "test", images, mnist_test.labels)
+    with pytest.raises(data.DataError, match="no valid cache"):
+        data.load("mnist", "test", source="cache")
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with pytest.raises(data.DataError, match="refusing to unpickle posix.system|refusing to unpickle os.system"):
+        data.unpickle_arrays(pickle.dumps(((np.zeros(3), Exploit()),)))
+    assert not marker.exists()
+
+
+def test_array_only_pickle_round_trips():
+    arrays = ((np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2])),)
+    ((x, y),) = data.unpickle_arrays(pickle.dumps(arrays, protocol=2))
+    np.testing.assert_array_equal(x, arrays[0][0])
+    np.testing.assert_array_equal(y, arrays[0][1])
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_folder(tmp_path, empty_cache, gz):
+    arrays = write_idx_folder(tmp_path, gz=gz)
+    for split in data.SPLITS:
+        ds = data.load("custom", split, source="idx", data_dir=tmp_path)
+        np.testing.assert_array_equal(ds.images[..., 0], arrays[split][0])
+        np.testing.assert_array_equal(ds.labels, arrays[split][1])
+        assert ds.images.shape[1:] == (6, 5, 1) and ds.labels.dtype == np.int32
+    # auto picks up an IDX folder given as data_dir, and never caches it
+    assert data.load("custom", "train", data_dir=tmp_path).source == "idx"
+    assert not list(empty_cache.glob("*.npz"))
+
+
+def test_truncated_idx_file(tmp_path):
+    write_idx_folder(tmp_path, gz=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(data.DataError, match="truncated or corrupt"):
+        data.load("custom", "train", source="idx", data_dir=tmp_path)
+
+
+def test_mislabelled_idx_file(tmp_path):
+    write_idx_folder(tmp_path, gz=False)
+    labels = tmp_path / "train-labels-idx1-ubyte"
+    images = tmp_path / "train-images-idx3-ubyte"
+    swapped = labels.read_bytes()
+    labels.write_bytes(images.read_bytes())
+    images.write_bytes(swapped)
+    with pytest.raises(data.DataError, match="IDX magic .* wrong or mislabelled"):
+        data.load("custom", "train", source="idx", data_dir=tmp_path)
+
+
+def test_idx_counts_must_agree(tmp_path):
+    write_idx_folder(tmp_path, gz=False)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(3, np.uint8)))
+    with pytest.raises(data.DataError, match="different datasets"):
+        data.load("custom", "train", source="idx", data_dir=tmp_path)
+
+
+def test_missing_idx_folder_and_files(tmp_path):
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.load("custom", "train", source="idx", data_dir=tmp_path / "nope")
+    with pytest.raises(data.DataError, match="lacks the train IDX files"):
+        data.load("custom", "train", source="idx", data_dir=tmp_path)
+
+
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_debian_fashion_mnist(empty_cache):
+    train = data.load("fashion_mnist", "train")
+    test = data.load("fashion-mnist", "test", source="idx")
+    assert train.source == "idx" and train.images.shape == (60000, 28, 28, 1)
+    assert test.images.shape == (10000, 28, 28, 1)
+    assert np.bincount(train.labels).tolist() == [6000] * 10
+    assert np.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_tfds_source_on_mock_data(empty_cache):
+    with tfds.testing.mock_data(num_examples=12):
+        mnist = data.load("mnist", "train", source="tfds")
+        cifar = data.load("cifar10", "test", source="tfds")
+    assert mnist.source == "tfds"
+    assert mnist.images.shape == (12, 28, 28, 1) and mnist.images.dtype == np.uint8
+    assert mnist.labels.dtype == np.int32 and set(mnist.labels) <= set(range(10))
+    assert cifar.images.shape == (12, 32, 32, 3)
+    # Mock MNIST is not canonical MNIST: the cache it wrote is refused, never served.
+    with pytest.raises(data.DataError, match="no valid cache"):
+        data.load("mnist", "train", source="cache")
+    assert data.load("cifar10", "test", source="cache").images.shape == (12, 32, 32, 3)
+
+
+@pytest.mark.skipif(
+    subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True).returncode == 0,
+    reason="TensorFlow is installed, so TFDS could really try to prepare",
+)
+def test_tfds_unprepared_without_tensorflow_says_how_to_fix(tmp_path, empty_cache):
+    with pytest.raises(data.DataError, match=r"jaxae\[tf\]"):
+        data.load("mnist", "train", source="tfds", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "mnist", "split": "validation"}, "unknown split"),
+        ({"name": "mnist", "source": "ftp"}, "unknown data source"),
+        ({"name": "no_such_dataset"}, "unknown dataset"),
+        ({"name": "fashion_mnist", "source": "bundled"}, "serves mnist only"),
+    ],
+)
+def test_bad_arguments_raise_one_clear_error(kwargs, message, empty_cache):
+    with pytest.raises(data.DataError, match=message):
+        data.load(**kwargs)
+
+
+def test_download_fails_fast_and_clearly_offline(empty_cache):
+    try:
+        ds = data.load("mnist", "test", source="download")
+    except data.DataError as error:
+        assert "--data-source bundled" in str(error)
+    else:  # a machine with a network: the download must be the canonical data
+        assert ds.source == "download" and len(ds) == 10000
