@@ -39,3 +39,37 @@ def empty_cache(tmp_path, monkeypatch, bundled_wheel) -> Path:
     shutil.copy(bundled_wheel, cache / data.BUNDLED_WHEEL)
     monkeypatch.setenv("JAXAE_DATA_DIR", str(cache))
     return cache
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    header = (0x0800 | array.ndim).to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture(scope="session")
+def mnist_slice_dir(tmp_path_factory, mnist_train, mnist_test) -> Path:
+    """An IDX folder with the first 512 training and 256 test MNIST images: a fast real dataset."""
+    folder = tmp_path_factory.mktemp("mnist_slice")
+    for split, ds, n in (("train", mnist_train, 512), ("test", mnist_test, 256)):
+        images_stem, labels_stem = data.IDX_STEMS[split]
+        (folder / images_stem).write_bytes(_idx_bytes(ds.images[:n, :, :, 0]))
+        (folder / labels_stem).write_bytes(_idx_bytes(ds.labels[:n]))
+    return folder
+
+
+@pytest.fixture
+def slice_config(mnist_slice_dir):
+    """A config that trains in seconds on the MNIST slice."""
+    from jaxae.experiment import Config
+
+    return Config(
+        model="vae",
+        epochs=2,
+        batch_size=64,
+        widths=(64,),
+        latent_dim=4,
+        plot_epochs=(1,),
+        dataset="mnist_slice",
+        data_source="idx",
+        data_dir=str(mnist_slice_dir),
+    )

@@ -1,0 +1,94 @@
+"""The command line shared by the experiment scripts: flags from Config, progress, errors."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+
+from tqdm import tqdm
+
+from jaxae.data import DataError
+from jaxae.experiment import Config, ConfigError, train_and_evaluate
+from jaxae.train import TrainingDiverged
+
+USER_ERRORS = (ConfigError, DataError, TrainingDiverged)
+
+
+def _flag_type(annotation) -> tuple[type, dict]:
+    """argparse settings for a Config field's type annotation."""
+    hint = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation  # noqa: S307
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0], {"nargs": "+"}
+    if isinstance(hint, types.UnionType):  # X | None
+        return next(a for a in typing.get_args(hint) if a is not type(None)), {}
+    if hint is bool:
+        return bool, {"action": argparse.BooleanOptionalAction}
+    return hint, {}
+
+
+def build_parser(defaults: Config, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for field in dataclasses.fields(Config):
+        kind, extra = _flag_type(field.type)
+        if kind is not bool:
+            extra["type"] = kind
+        default = getattr(defaults, field.name)
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            default=default,
+            help=f"{field.metadata['help']} (default: {default})",
+            **extra,
+        )
+    parser.add_argument("--workdir", default=f"runs/{defaults.model}", help="where the run's files go")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="delete a previous run in --workdir first")
+    return parser
+
+
+class Progress:
+    """A bar over epochs on a terminal; a plain line per epoch otherwise."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+        self.bar = None
+
+    def __call__(self, record: dict) -> None:
+        line = f"train {record['train_loss']:.4f}  test {record['test_loss']:.4f}  {record['epoch_seconds']:.1f} s"
+        if not sys.stderr.isatty():
+            print(f"epoch {record['epoch']:3d}/{self.epochs}  {line}", flush=True)
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=self.epochs, initial=record["epoch"] - 1, unit="epoch", dynamic_ncols=True)
+        self.bar.set_postfix_str(line)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def main(defaults: Config, description: str, argv: list[str] | None = None) -> int:
+    """Parses flags over ``defaults``, runs the experiment, prints its summary; returns the exit code."""
+    args = vars(build_parser(defaults, description).parse_args(argv))
+    workdir, resume, overwrite = args.pop("workdir"), args.pop("resume"), args.pop("overwrite")
+    config = dataclasses.replace(defaults, **{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+    progress = Progress(config.epochs)
+    try:
+        summary = train_and_evaluate(
+            config, workdir, resume=resume, overwrite=overwrite, log=lambda m: print(m, flush=True), on_epoch=progress
+        )
+    except USER_ERRORS as error:
+        progress.close()
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    progress.close()
+    print(
+        f"{config.model}: test loss {summary['test_loss']:.4f} after {summary['epochs']} epochs "
+        f"(best {summary['best_test_loss']:.4f} at epoch {summary['best_epoch']}), "
+        f"test MSE per pixel {summary['test_mse']:.5f}, {summary['total_seconds']:.0f} s on {summary['device']}; "
+        f"results in {workdir}"
+    )
+    return 0

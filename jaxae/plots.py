@@ -1,0 +1,108 @@
+"""Matplotlib figures from arrays: image grids and loss curves, written as PNG.
+
+Figures are built with ``matplotlib.figure.Figure`` (no pyplot, no global backend), and
+their pixel size is fixed by their layout: ``CELL_INCHES * DPI`` pixels per image cell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+DPI = 100
+CELL_INCHES = 0.6
+LABEL_INCHES = 1.6  # left margin for row labels
+TITLE_INCHES = 0.4
+
+
+def tile(images: np.ndarray, columns: int) -> np.ndarray:
+    """Tiles ``(K, H, W, C)`` images in [0, 1] into one ``(rows * H, columns * W, C)`` mosaic."""
+    k, h, w, c = images.shape
+    rows = -(-k // columns)
+    padded = np.zeros((rows * columns, h, w, c), np.float32)
+    padded[:k] = images
+    return padded.reshape(rows, columns, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, columns * w, c)
+
+
+def grid_size(num_rows: int, columns: int, labelled: bool = True) -> tuple[int, int]:
+    """Pixel size (width, height) of an image grid figure."""
+    width = columns * CELL_INCHES + (LABEL_INCHES if labelled else 0.0)
+    height = num_rows * CELL_INCHES + TITLE_INCHES
+    return round(width * DPI), round(height * DPI)
+
+
+def image_rows(
+    groups: Sequence[tuple[str, np.ndarray]], path: str | Path, *, columns: int = 8, title: str = ""
+) -> Path:
+    """Stacks labelled groups of images, each filling whole rows of ``columns``.
+
+    Args:
+        groups: ``(label, images (K, H, W, C) in [0, 1])`` pairs, drawn top to bottom;
+            ``K`` a multiple of ``columns``.
+        path: where the PNG goes.
+    """
+    mosaics = [tile(np.asarray(images, np.float32), columns) for _, images in groups]
+    num_rows = sum(len(images) // columns for _, images in groups)
+    width, height = grid_size(num_rows, columns)
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    left = LABEL_INCHES * DPI / width
+    top = 1 - TITLE_INCHES * DPI / height
+    y = top
+    for (label, images), mosaic in zip(groups, mosaics, strict=True):
+        share = (len(images) // columns) * CELL_INCHES * DPI / height
+        ax = fig.add_axes((left, y - share, 1 - left, share))
+        _show(ax, mosaic)
+        ax.text(-0.02, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=9)
+        y -= share
+    if title:
+        fig.suptitle(title, y=1 - 0.1 * TITLE_INCHES * DPI / height, va="top", fontsize=10)
+    return _save(fig, path)
+
+
+def image_grid(images: np.ndarray, path: str | Path, *, columns: int = 8, title: str = "") -> Path:
+    """One unlabelled grid of ``(K, H, W, C)`` images in [0, 1]."""
+    rows = -(-len(images) // columns)
+    width, height = grid_size(rows, columns, labelled=False)
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, 1 - TITLE_INCHES * DPI / height))
+    _show(ax, tile(np.asarray(images, np.float32), columns))
+    if title:
+        fig.suptitle(title, y=1 - 0.1 * TITLE_INCHES * DPI / height, va="top", fontsize=10)
+    return _save(fig, path)
+
+
+def loss_curves(history: Sequence[dict], path: str | Path, *, ylabel: str, title: str = "") -> Path:
+    """Train and test loss per epoch from ``fit`` records (keys ``epoch``, ``train_loss``, ``test_loss``)."""
+    fig = Figure(figsize=(6, 4), dpi=DPI)
+    ax = fig.add_subplot()
+    epochs = [r["epoch"] for r in history]
+    for split in ("train", "test"):
+        ax.plot(epochs, [r[f"{split}_loss"] for r in history], marker="o", markersize=3, label=split)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _show(ax, mosaic: np.ndarray) -> None:
+    if mosaic.shape[-1] == 1:
+        ax.imshow(mosaic[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(np.clip(mosaic, 0.0, 1.0), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path

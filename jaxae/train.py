@@ -1,0 +1,184 @@
+"""Training: a TrainState, jit-compiled epochs, evaluation over a whole split, and `fit`.
+
+One epoch is one jitted call. The dataset sits on the device as uint8; the epoch shuffles
+it with its key and ``lax.scan`` walks the batches, so the host loop runs once per epoch.
+The last partial batch is padded and masked, never dropped: every image counts once per
+epoch in training and in evaluation.
+
+Randomness is explicit. ``fit`` derives every epoch's key as ``fold_in(train_key, epoch)``,
+so a run resumed from epoch ``k`` draws exactly the keys an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+from jaxae.losses import Objective
+
+TrainState = train_state.TrainState
+EpochCallback = Callable[[TrainState, dict], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch."""
+
+
+def create_state(
+    model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, int, int], *, key: jax.Array
+) -> TrainState:
+    """Initialises parameters and optimizer state for images of ``image_shape`` (H, W, C)."""
+    params_key, noise_key = jax.random.split(key)
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    params = jax.jit(lambda k, n: model.init(k, dummy, key=n))(params_key, noise_key)
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    return state.replace(step=jnp.zeros((), jnp.int32))  # an array, so checkpoints restore its dtype
+
+
+def to_float(images: jax.Array) -> jax.Array:
+    """uint8 ``(N, H, W, C)`` -> float32 in [0, 1]."""
+    return images.astype(jnp.float32) / 255.0
+
+
+def batch_indices(order: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """Cuts an index order ``(N,)`` into ``(B, batch_size)`` indices and a 0/1 mask.
+
+    The last batch is padded with index 0 and mask 0.
+    """
+    n = order.shape[0]
+    num_batches = math.ceil(n / batch_size)
+    pad = num_batches * batch_size - n
+    indices = jnp.concatenate([order, jnp.zeros(pad, order.dtype)]).reshape(num_batches, batch_size)
+    mask = (jnp.arange(num_batches * batch_size) < n).astype(jnp.float32).reshape(num_batches, batch_size)
+    return indices, mask
+
+
+def _masked_sums(loss: jax.Array, metrics: dict, mask: jax.Array) -> dict:
+    sums = {name: jnp.sum(value * mask) for name, value in metrics.items()}
+    return {"loss": jnp.sum(loss * mask), **sums, "count": jnp.sum(mask)}
+
+
+def _means(sums: dict) -> dict:
+    """Per-batch sums ``(B,)`` -> per-example means over the whole pass."""
+    totals = jax.tree.map(jnp.sum, sums)
+    count = totals.pop("count")
+    return {name: value / count for name, value in totals.items()}
+
+
+def make_train_step(model: nn.Module, objective: Objective) -> Callable:
+    """``train_step(state, images uint8 (B, H, W, C), mask (B,), key) -> (state, sums)``."""
+
+    def train_step(state: TrainState, images: jax.Array, mask: jax.Array, key: jax.Array):
+        x = to_float(images)
+
+        def loss_fn(params):
+            loss, metrics = objective(model, params, x, key)
+            return jnp.sum(loss * mask) / jnp.sum(mask), (loss, metrics)
+
+        grads, (loss, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads), _masked_sums(loss, metrics, mask)
+
+    return train_step
+
+
+def make_train_epoch(model: nn.Module, objective: Objective, batch_size: int) -> Callable:
+    """A jitted ``train_epoch(state, images uint8 (N, H, W, C), key) -> (state, means)``.
+
+    The state argument is donated: do not use it after the call.
+    """
+    train_step = make_train_step(model, objective)
+
+    def train_epoch(state: TrainState, images: jax.Array, key: jax.Array):
+        order_key, steps_key = jax.random.split(key)
+        indices, mask = batch_indices(jax.random.permutation(order_key, images.shape[0]), batch_size)
+        step_keys = jax.random.split(steps_key, indices.shape[0])
+
+        def body(state, batch):
+            batch_indices_, batch_mask, step_key = batch
+            return train_step(state, images[batch_indices_], batch_mask, step_key)
+
+        state, sums = jax.lax.scan(body, state, (indices, mask, step_keys))
+        return state, _means(sums)
+
+    return jax.jit(train_epoch, donate_argnums=0)
+
+
+def make_evaluate(model: nn.Module, objective: Objective, batch_size: int = 1000) -> Callable:
+    """A jitted ``evaluate(params, images uint8 (N, H, W, C), key) -> means`` over all N images."""
+
+    def evaluate(params, images: jax.Array, key: jax.Array):
+        indices, mask = batch_indices(jnp.arange(images.shape[0]), min(batch_size, images.shape[0]))
+        keys = jax.random.split(key, indices.shape[0])
+
+        def body(_, batch):
+            batch_indices_, batch_mask, batch_key = batch
+            loss, metrics = objective(model, params, to_float(images[batch_indices_]), batch_key)
+            return None, _masked_sums(loss, metrics, batch_mask)
+
+        _, sums = jax.lax.scan(body, None, (indices, mask, keys))
+        return _means(sums)
+
+    return jax.jit(evaluate)
+
+
+def fit(
+    state: TrainState,
+    model: nn.Module,
+    objective: Objective,
+    train_images: np.ndarray,
+    test_images: np.ndarray,
+    *,
+    key: jax.Array,
+    epochs: int,
+    batch_size: int,
+    start_epoch: int = 0,
+    on_epoch_end: EpochCallback | None = None,
+) -> tuple[TrainState, list[dict]]:
+    """Trains epochs ``start_epoch + 1 .. epochs`` and evaluates on the test set after each.
+
+    Args:
+        state: the state after ``start_epoch`` epochs (fresh: 0).
+        train_images, test_images: uint8 ``(N, H, W, C)``; put on the device once.
+        key: the run's training key; epoch ``e`` trains with ``fold_in(key, e)`` and every
+            evaluation uses the same key, so test figures compare across epochs.
+        on_epoch_end: called as ``on_epoch_end(state, record)`` after each epoch.
+
+    Returns:
+        The final state and one record per epoch trained: ``epoch``, ``train_<metric>``,
+        ``test_<metric>`` (``loss`` and the objective's metrics) and ``epoch_seconds``.
+
+    Raises:
+        TrainingDiverged: a loss became NaN or infinite; ``state`` from before that epoch
+            was already handed to ``on_epoch_end``.
+    """
+    train_key, eval_key = jax.random.split(key)
+    train_epoch = make_train_epoch(model, objective, batch_size)
+    evaluate = make_evaluate(model, objective)
+    train_images, test_images = jax.device_put(train_images), jax.device_put(test_images)
+    history = []
+    for epoch in range(start_epoch + 1, epochs + 1):
+        start = time.perf_counter()
+        state, train_means = train_epoch(state, train_images, jax.random.fold_in(train_key, epoch))
+        test_means = evaluate(state.params, test_images, eval_key)
+        train_means, test_means = jax.device_get((train_means, test_means))
+        record = {"epoch": epoch}
+        record |= {f"train_{name}": float(value) for name, value in train_means.items()}
+        record |= {f"test_{name}": float(value) for name, value in test_means.items()}
+        record["epoch_seconds"] = time.perf_counter() - start
+        if not all(math.isfinite(record[k]) for k in ("train_loss", "test_loss")):
+            raise TrainingDiverged(
+                f"loss became {record['train_loss']} (train) / {record['test_loss']} (test) in epoch {epoch}: "
+                f"lower --learning-rate; the last good checkpoint is kept"
+            )
+        history.append(record)
+        if on_epoch_end is not None:
+            on_epoch_end(state, record)
+    return state, history

@@ -1,0 +1,101 @@
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from jaxae import checkpoint, experiment, losses, models, train
+
+
+def leaves(state):
+    return [np.asarray(x) for x in jax.tree.leaves((state.params, state.opt_state, state.step))]
+
+
+def assert_states_equal(a, b):
+    for x, y in zip(leaves(a), leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def restore_latest(workdir):
+    """The final state of a run, restored from its checkpoints."""
+    config = experiment.Config.from_json(json.loads((workdir / "config.json").read_text()))
+    model = experiment.build_model(config, (28, 28, 1))
+    template = train.create_state(model, optax.adam(config.learning_rate), (28, 28, 1), key=jax.random.key(99))
+    with checkpoint.Checkpoints(workdir / "checkpoints") as ckpts:
+        return ckpts.restore(template)
+
+
+def test_restore_in_a_new_process_gives_identical_parameters(tmp_path, mnist_small):
+    model = models.VAE(widths=(32,), latent_dim=4)
+    state = train.create_state(model, optax.adam(1e-3), (28, 28, 1), key=jax.random.key(0))
+    state, _ = train.fit(
+        state, model, losses.elbo_objective, *mnist_small, key=jax.random.key(1), epochs=1, batch_size=64
+    )
+    with checkpoint.Checkpoints(tmp_path / "ckpt") as ckpts:
+        ckpts.save(1, state, {"note": "hello"}, test_loss=1.0)
+    script = textwrap.dedent(f"""
+        import jax, numpy as np, optax
+        from jaxae import checkpoint, models, train
+        model = models.VAE(widths=(32,), latent_dim=4)
+        template = train.create_state(model, optax.adam(1e-3), (28, 28, 1), key=jax.random.key(5))
+        with checkpoint.Checkpoints({str(tmp_path / "ckpt")!r}) as ckpts:
+            state, meta = ckpts.restore(template)
+        assert meta == {{"note": "hello"}}, meta
+        leaves = jax.tree.leaves((state.params, state.opt_state, state.step))
+        np.savez({str(tmp_path / "restored.npz")!r}, *[np.asarray(x) for x in leaves])
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    with np.load(tmp_path / "restored.npz") as restored:
+        got = [restored[f"arr_{i}"] for i in range(len(restored.files))]
+    for x, y in zip(leaves(state), got, strict=True):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(x, y)
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, slice_config):
+    config = dataclasses.replace(slice_config, epochs=3)
+    experiment.train_and_evaluate(config, tmp_path / "straight")
+    experiment.train_and_evaluate(dataclasses.replace(config, epochs=2), tmp_path / "resumed")
+    messages = []
+    experiment.train_and_evaluate(config, tmp_path / "resumed", resume=True, log=messages.append)
+    assert any("resumed" in m and "from epoch 2" in m for m in messages)
+    straight, meta_a = restore_latest(tmp_path / "straight")
+    resumed, meta_b = restore_latest(tmp_path / "resumed")
+    assert meta_a["epoch"] == meta_b["epoch"] == 3
+    assert_states_equal(straight, resumed)
+    lines = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    assert [r["test_loss"] for r in lines] == [r["test_loss"] for r in expected]
+
+
+def test_keeps_the_latest_and_the_best(tmp_path, mnist_small):
+    model = models.MLPAutoencoder(widths=(16,), latent_dim=2)
+    state = train.create_state(model, optax.adam(1e-3), (28, 28, 1), key=jax.random.key(0))
+    test_losses = {1: 0.5, 2: 0.1, 3: 0.4, 4: 0.3, 5: 0.35}
+    with checkpoint.Checkpoints(tmp_path, keep=2) as ckpts:
+        for epoch, loss in test_losses.items():
+            ckpts.save(epoch, state, {"epoch": epoch}, test_loss=loss)
+        assert ckpts.epochs() == [2, 4, 5]
+        assert ckpts.best_epoch() == 2 and ckpts.latest_epoch() == 5
+        _, meta = ckpts.restore(state, epoch=2)
+        assert meta == {"epoch": 2}
+
+
+def test_a_workdir_holding_a_run_is_not_overwritten_by_accident(tmp_path, slice_config):
+    config = dataclasses.replace(slice_config, epochs=1)
+    experiment.train_and_evaluate(config, tmp_path)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(experiment.ConfigError, match="--resume to continue it or --overwrite"):
+        experiment.train_and_evaluate(config, tmp_path)
+    with pytest.raises(experiment.ConfigError, match=r"latent_dim \(4 -> 6\)"):
+        experiment.train_and_evaluate(dataclasses.replace(config, latent_dim=6), tmp_path, resume=True)
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+    summary = experiment.train_and_evaluate(dataclasses.replace(config, latent_dim=6), tmp_path, overwrite=True)
+    assert summary["epochs"] == 1
+    assert json.loads((tmp_path / "config.json").read_text())["latent_dim"] == 6

@@ -1,0 +1,63 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxae import experiment, models
+
+
+def init(model, shape):
+    x = jnp.asarray(np.random.default_rng(0).random((3, *shape)), jnp.float32)
+    params = model.init(jax.random.key(0), x, key=jax.random.key(1))
+    return params, x
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
+def test_encode_decode_shapes(name, shape):
+    widths = (16, 32) if name == "conv_ae" else (64, 32)
+    model = models.MODELS[name](image_shape=shape, widths=widths, latent_dim=5)
+    params, x = init(model, shape)
+    code = model.apply(params, x, method=model.encode)
+    if model.variational:
+        mean, logvar = code
+        assert mean.shape == logvar.shape == (3, 5)
+    else:
+        assert code.shape == (3, 5)
+    z = jnp.ones((4, 5))
+    assert model.apply(params, z, method=model.decode).shape == (4, *shape)
+    out = model.apply(params, x, key=jax.random.key(2))
+    assert out.logits.shape == x.shape and out.z.shape == (3, 5)
+
+
+def test_vae_noise_comes_from_the_key_only():
+    model = models.VAE(widths=(32,), latent_dim=4)
+    params, x = init(model, (28, 28, 1))
+    a = model.apply(params, x, key=jax.random.key(7))
+    b = model.apply(params, x, key=jax.random.key(7))
+    c = model.apply(params, x, key=jax.random.key(8))
+    np.testing.assert_array_equal(a.z, b.z)
+    assert not np.allclose(a.z, c.z)
+    deterministic = model.apply(params, x)
+    np.testing.assert_array_equal(deterministic.z, deterministic.mean)
+
+
+def test_reparameterize_moments():
+    mean, logvar = jnp.array([1.0, -2.0]), jnp.log(jnp.array([0.25, 4.0]))
+    z = jax.vmap(lambda k: models.reparameterize(k, mean, logvar))(jax.random.split(jax.random.key(0), 200_000))
+    np.testing.assert_allclose(z.mean(0), mean, atol=0.02)
+    np.testing.assert_allclose(z.var(0), jnp.exp(logvar), rtol=0.02)
+
+
+def test_default_mlp_sizes_match_the_pytorch_examples_vae():
+    model = models.VAE()
+    params, _ = init(model, (28, 28, 1))
+    # fc1 784x400, fc21/fc22 400x20, fc3 20x400, fc4 400x784, with biases
+    expected = (784 * 400 + 400) + 2 * (400 * 20 + 20) + (20 * 400 + 400) + (400 * 784 + 784)
+    assert sum(p.size for p in jax.tree.leaves(params)) == expected
+
+
+def test_conv_model_rejects_sizes_it_cannot_halve():
+    config = experiment.Config(model="conv_ae", widths=(16, 32, 64))
+    with pytest.raises(experiment.ConfigError, match="multiples of 8"):
+        experiment.build_model(config, (28, 28, 1))

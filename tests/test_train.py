@@ -1,0 +1,76 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxae import losses, models, train
+
+
+def small_model(name):
+    widths = (8, 16) if name == "conv_ae" else (64,)
+    return models.MODELS[name](widths=widths, latent_dim=8)
+
+
+def fit_small(name, images, epochs=3, seed=0):
+    model = small_model(name)
+    objective = losses.objective_for(model)
+    state = train.create_state(model, optax.adam(3e-3), (28, 28, 1), key=jax.random.key(seed))
+    before = train.make_evaluate(model, objective)(state.params, images[1], jax.random.key(0))
+    state, history = train.fit(
+        state, model, objective, images[0], images[1], key=jax.random.key(seed + 1), epochs=epochs, batch_size=64
+    )
+    return state, float(before["loss"]), history
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_real_training_lowers_the_test_loss(name, mnist_small):
+    _, before, history = fit_small(name, mnist_small)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    losses_ = [r["test_loss"] for r in history]
+    assert losses_[-1] < losses_[0] < before
+    assert losses_[-1] < 0.75 * before
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert all(r["epoch_seconds"] > 0 for r in history)
+
+
+def test_same_seed_gives_bitwise_identical_parameters(mnist_small):
+    a, _, _ = fit_small("vae", mnist_small, epochs=2, seed=3)
+    b, _, _ = fit_small("vae", mnist_small, epochs=2, seed=3)
+    c, _, _ = fit_small("vae", mnist_small, epochs=2, seed=4)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+    pairs = zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params), strict=True)
+    assert not all(np.array_equal(x, y) for x, y in pairs)
+
+
+def test_batch_indices_cover_every_example_once():
+    order = jax.random.permutation(jax.random.key(0), 10)
+    indices, mask = train.batch_indices(order, 4)
+    assert indices.shape == mask.shape == (3, 4)
+    assert sorted(np.asarray(indices)[np.asarray(mask) > 0].tolist()) == list(range(10))
+    assert np.asarray(mask).sum() == 10
+
+
+def test_evaluation_covers_the_last_partial_batch(mnist_small):
+    model = small_model("ae")
+    state = train.create_state(model, optax.adam(1e-3), (28, 28, 1), key=jax.random.key(0))
+    images = mnist_small[1][:250]
+    means = train.make_evaluate(model, losses.reconstruction_objective, batch_size=100)(
+        state.params, jnp.asarray(images), jax.random.key(0)
+    )
+    loss, metrics = losses.reconstruction_objective(model, state.params, train.to_float(images), None)
+    np.testing.assert_allclose(means["loss"], loss.mean(), rtol=1e-5)
+    np.testing.assert_allclose(means["bce"], metrics["bce"].mean(), rtol=1e-5)
+
+
+def test_nan_loss_stops_with_the_epoch_named(mnist_small):
+    model = small_model("ae")
+    state = train.create_state(model, optax.adam(1e-3), (28, 28, 1), key=jax.random.key(0))
+
+    def broken(model, params, x, key):
+        loss, metrics = losses.reconstruction_objective(model, params, x, key)
+        return loss * jnp.nan, metrics
+
+    with pytest.raises(train.TrainingDiverged, match="in epoch 1"):
+        train.fit(state, model, broken, *mnist_small, key=jax.random.key(0), epochs=2, batch_size=64)
