@@ -56,7 +56,7 @@ class Progress:
         self.bar = None
 
     def __call__(self, record: dict) -> None:
-        line = f"train {record['train_loss']:.4f}  test {record['test_loss']:.4f}  {record['epoch_seconds']:.1f} s"
+        line = f"train {record['train_loss']:.5g}  test {record['test_loss']:.5g}  {record['epoch_seconds']:.1f} s"
         if not sys.stderr.isatty():
             print(f"epoch {record['epoch']:3d}/{self.epochs}  {line}", flush=True)
             return
@@ -86,8 +86,8 @@ def main(defaults: Config, description: str, argv: list[str] | None = None) -> i
         return 2
     progress.close()
     print(
-        f"{config.model}: test loss {summary['test_loss']:.4f} after {summary['epochs']} epochs "
-        f"(best {summary['best_test_loss']:.4f} at epoch {summary['best_epoch']}), "
+        f"{config.model}: test loss {summary['test_loss']:.5g} after {summary['epochs']} epochs "
+        f"(best {summary['best_test_loss']:.5g} at epoch {summary['best_epoch']}), "
         f"test MSE per pixel {summary['test_mse']:.5f}, {summary['total_seconds']:.0f} s on {summary['device']}; "
         f"results in {workdir}"
     )

@@ -101,9 +101,12 @@ def make_train_epoch(model: nn.Module, objective: Objective, batch_size: int) ->
         indices, mask = batch_indices(jax.random.permutation(order_key, images.shape[0]), batch_size)
         step_keys = jax.random.split(steps_key, indices.shape[0])
 
+        rows = images.reshape(images.shape[0], -1)  # gather whole rows, not (H, W, 1) blocks
+
         def body(state, batch):
             batch_indices_, batch_mask, step_key = batch
-            return train_step(state, images[batch_indices_], batch_mask, step_key)
+            batch_images = rows[batch_indices_].reshape(-1, *images.shape[1:])
+            return train_step(state, batch_images, batch_mask, step_key)
 
         state, sums = jax.lax.scan(body, state, (indices, mask, step_keys))
         return state, _means(sums)
@@ -118,9 +121,12 @@ def make_evaluate(model: nn.Module, objective: Objective, batch_size: int = 1000
         indices, mask = batch_indices(jnp.arange(images.shape[0]), min(batch_size, images.shape[0]))
         keys = jax.random.split(key, indices.shape[0])
 
+        rows = images.reshape(images.shape[0], -1)
+
         def body(_, batch):
             batch_indices_, batch_mask, batch_key = batch
-            loss, metrics = objective(model, params, to_float(images[batch_indices_]), batch_key)
+            x = to_float(rows[batch_indices_]).reshape(-1, *images.shape[1:])
+            loss, metrics = objective(model, params, x, batch_key)
             return None, _masked_sums(loss, metrics, batch_mask)
 
         _, sums = jax.lax.scan(body, None, (indices, mask, keys))

@@ -1,0 +1,26 @@
+"""The README's commands and code work as written."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def blocks(language):
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def test_ci_runs_the_readme_setup_command_verbatim():
+    install_and_test = blocks("bash")[0].splitlines()[0]
+    assert install_and_test in (ROOT / ".ci" / "run").read_text()
+    assert blocks("bash")[0].splitlines()[1] == "python -m experiments.vae"
+
+
+def test_library_example_runs(capsys):
+    (snippet,) = blocks("python")
+    namespace = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    test_loss = float(capsys.readouterr().out.strip())
+    assert 100 < test_loss < 250  # -ELBO of a VAE after two short epochs, in nats
+    assert namespace["codes"].shape == (5, 8)
