@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import sys
 import types
 import typing
@@ -48,6 +49,13 @@ def build_parser(defaults: Config, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _fmt(value: float | list[float]) -> str:
+    """A loss, or the mean and spread of several seeds' losses."""
+    if isinstance(value, list):
+        return f"{statistics.mean(value):.5g}±{statistics.stdev(value):.2g}"
+    return f"{value:.5g}"
+
+
 class Progress:
     """A bar over epochs on a terminal; a plain line per epoch otherwise."""
 
@@ -56,7 +64,7 @@ class Progress:
         self.bar = None
 
     def __call__(self, record: dict) -> None:
-        line = f"train {record['train_loss']:.5g}  test {record['test_loss']:.5g}  {record['epoch_seconds']:.1f} s"
+        line = f"train {_fmt(record['train_loss'])}  test {_fmt(record['test_loss'])}  {record['epoch_seconds']:.1f} s"
         if not sys.stderr.isatty():
             print(f"epoch {record['epoch']:3d}/{self.epochs}  {line}", flush=True)
             return
@@ -85,10 +93,18 @@ def main(defaults: Config, description: str, argv: list[str] | None = None) -> i
         print(f"error: {error}", file=sys.stderr)
         return 2
     progress.close()
+    final = summary if config.seeds == 1 else summary["per_seed"][0]
+    if config.seeds > 1:
+        print(
+            f"{config.model}: test loss {summary['test_loss_mean']:.5g} ± {summary['test_loss_std']:.2g} "
+            f"(mean ± sd over seeds {summary['seeds'][0]}..{summary['seeds'][-1]}) after {final['epochs']} epochs, "
+            f"{summary['total_seconds']:.0f} s on {final['device']}; results in {workdir}/seed_<s>"
+        )
+        return 0
     print(
-        f"{config.model}: test loss {summary['test_loss']:.5g} after {summary['epochs']} epochs "
-        f"(best {summary['best_test_loss']:.5g} at epoch {summary['best_epoch']}), "
-        f"test MSE per pixel {summary['test_mse']:.5f}, {summary['total_seconds']:.0f} s on {summary['device']}; "
+        f"{config.model}: test loss {final['test_loss']:.5g} after {final['epochs']} epochs "
+        f"(best {final['best_test_loss']:.5g} at epoch {final['best_epoch']}), "
+        f"test MSE per pixel {final['test_mse']:.5f}, {final['total_seconds']:.0f} s on {final['device']}; "
         f"results in {workdir}"
     )
     return 0

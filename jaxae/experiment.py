@@ -56,6 +56,8 @@ class Config:
     plot_epochs: tuple[int, ...] = _field((10, 19), "epochs whose reconstructions are drawn (the last always is)")
     train_rows: bool = _field(False, "add a pair of rows reconstructed from training images to the figures")
     keep_checkpoints: int = _field(3, "latest checkpoints kept; the best by test loss is kept too")
+    dtype: str = _field("float32", "compute dtype: float32, or bfloat16 (parameters and optimizer stay float32)")
+    seeds: int = _field(1, "train this many models at once (jax.vmap), seeds seed .. seed+N-1, each in seed_<s>/")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -74,9 +76,12 @@ class Config:
 RESUMABLE_FIELDS = frozenset({"epochs", "plot_epochs", "data_source", "data_dir", "keep_checkpoints", "train_rows"})
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def validate(config: Config) -> None:
     """Raises ConfigError naming the first bad field and a valid value."""
-    positive = ("epochs", "batch_size", "latent_dim", "keep_checkpoints")
+    positive = ("epochs", "batch_size", "latent_dim", "keep_checkpoints", "seeds")
     for name in positive:
         if getattr(config, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
@@ -86,6 +91,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"unknown model {config.model!r}: use one of {', '.join(models.MODELS)}")
     if not config.widths or min(config.widths) <= 0:
         raise ConfigError(f"--widths must be one or more positive integers, got {config.widths}")
+    if config.dtype not in DTYPES:
+        raise ConfigError(f"unknown --dtype {config.dtype!r}: use one of {', '.join(DTYPES)}")
     if config.data_source not in data.SOURCES:
         raise ConfigError(f"unknown --data-source {config.data_source!r}: use one of {', '.join(data.SOURCES)}")
 
@@ -94,7 +101,12 @@ def build_model(config: Config, image_shape: tuple[int, int, int]):
     """The linen module a config describes, for images of ``image_shape`` (H, W, C)."""
     model_class = models.MODELS[config.model]
     try:
-        return model_class(image_shape=image_shape, widths=tuple(config.widths), latent_dim=config.latent_dim)
+        return model_class(
+            image_shape=image_shape,
+            widths=tuple(config.widths),
+            latent_dim=config.latent_dim,
+            dtype=DTYPES[config.dtype],
+        )
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
@@ -148,7 +160,11 @@ def train_and_evaluate(
     log: Callable[[str], None] = lambda message: None,
     on_epoch: Callable[[dict], None] = lambda record: None,
 ) -> dict:
-    """Trains the configured model and writes the run's work directory.
+    """Trains the configured model(s) and writes the run's work directory.
+
+    With ``config.seeds = N > 1``, N models with seeds ``seed .. seed + N - 1`` train at
+    once (``jax.vmap``); each writes the files of a single run into ``workdir/seed_<s>/``,
+    exactly as a run with that seed alone would, and ``workdir/summary.json`` sums them up.
 
     Args:
         config: the run.
@@ -156,10 +172,10 @@ def train_and_evaluate(
         resume: continue from the latest checkpoint in ``workdir``.
         overwrite: delete a previous run in ``workdir`` first.
         log: receives one-line messages (data source, resume point).
-        on_epoch: receives each epoch's record.
+        on_epoch: receives each epoch's record (with N seeds, each metric is a list).
 
     Returns:
-        The summary written to ``summary.json``.
+        The summary written to ``workdir/summary.json``.
 
     Raises:
         ConfigError, data.DataError: bad configuration or data, before anything is written.
@@ -174,41 +190,34 @@ def train_and_evaluate(
     log(test_set.describe())
     if config.batch_size > len(train_set):
         raise ConfigError(f"--batch-size {config.batch_size} exceeds the {len(train_set)} training images")
-    image_shape = train_set.images.shape[1:]
-    model = build_model(config, image_shape)
-    prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
-
-    root_key = jax.random.key(config.seed)
-    init_key, train_key, sample_key = jax.random.split(root_key, 3)
-    state = train.create_state(model, optax.adam(config.learning_rate), image_shape, key=init_key)
-    checkpoints = Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
-    history: list[dict] = []
-    if resume and checkpoints.latest_epoch() is not None:
-        state, meta = checkpoints.restore(state)
-        history = meta["history"]
-        log(f"resumed {workdir} from epoch {meta['epoch']}")
-    elif resume:
-        log(f"no checkpoint in {workdir}: starting from epoch 0")
-    _write_history(workdir / "metrics.jsonl", history)
-
-    figures = RunFigures(model, config, workdir / "figures", train_set.images, test_set.images, sample_key)
+    model = build_model(config, train_set.images.shape[1:])
+    if config.seeds > 1:
+        prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
+    seeds = range(config.seed, config.seed + config.seeds)
+    tx = optax.adam(config.learning_rate)  # one optimizer object, so that the seeds' states stack
+    if config.seeds > 1:
+        seed_configs = [(dataclasses.replace(config, seed=s, seeds=1), workdir / f"seed_{s}") for s in seeds]
+    else:
+        seed_configs = [(config, workdir)]
+    runs = [SeedRun(model, tx, c, folder, train_set, test_set) for c, folder in seed_configs]
+    states = [run.start(resume=resume, overwrite=overwrite, log=log) for run in runs]
+    start_epochs = {len(run.history) for run in runs}
+    if len(start_epochs) > 1:
+        raise ConfigError(f"the seeds of {workdir} stopped at different epochs {sorted(start_epochs)}: use --overwrite")
+    stacked = config.seeds > 1
+    state = train.stack(states) if stacked else states[0]
+    train_key = jnp.stack([run.train_key for run in runs]) if stacked else runs[0].train_key
 
     def on_epoch_end(state: train.TrainState, record: dict) -> None:
-        history.append(record)
-        meta = {
-            "epoch": record["epoch"],
-            "config": config.to_json(),
-            "history": history,
-            "key": jax.random.key_data(root_key).tolist(),
-        }
-        checkpoints.save(record["epoch"], state, meta, record["test_loss"])
-        with open(workdir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if record["epoch"] in config.plot_epochs or record["epoch"] == config.epochs:
-            figures.epoch(state.params, record["epoch"], history)
+        for i, run in enumerate(runs):
+            if stacked:
+                run.end_epoch(
+                    train.unstack(state, i), {k: v[i] if isinstance(v, list) else v for k, v in record.items()}
+                )
+            else:
+                run.end_epoch(state, record)
         on_epoch(record)
 
-    start_epoch = history[-1]["epoch"] if history else 0
     try:
         state, _ = train.fit(
             state,
@@ -219,31 +228,91 @@ def train_and_evaluate(
             key=train_key,
             epochs=config.epochs,
             batch_size=config.batch_size,
-            start_epoch=start_epoch,
+            start_epoch=start_epochs.pop(),
             on_epoch_end=on_epoch_end,
         )
-        if getattr(model, "variational", False):
-            figures.samples(state.params)
-        best_epoch = checkpoints.best_epoch()
+        summaries = [run.finish(train.unstack(state, i) if stacked else state, started) for i, run in enumerate(runs)]
     finally:
-        checkpoints.close()
-    final = history[-1] if history else {}
+        for run in runs:
+            run.checkpoints.close()
+    if not stacked:
+        return summaries[0]
+    finals = np.array([s["test_loss"] for s in summaries])
     summary = {
         "model": config.model,
-        "dataset": config.dataset,
-        "epochs": final.get("epoch", 0),
-        "test_loss": final.get("test_loss"),
-        "test_mse": final.get("test_mse"),
-        "best_epoch": best_epoch,
-        "best_test_loss": min((r["test_loss"] for r in history), default=None),
-        "train_seconds": sum(r["epoch_seconds"] for r in history),
+        "seeds": list(seeds),
+        "test_loss_mean": float(finals.mean()),
+        "test_loss_std": float(finals.std(ddof=1)),
+        "per_seed": summaries,
         "total_seconds": time.perf_counter() - started,
-        "num_params": sum(x.size for x in jax.tree.leaves(state.params)),
-        "backend": jax.default_backend(),
-        "device": jax.devices()[0].device_kind,
     }
     _write_text(workdir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+class SeedRun:
+    """The files of one seed's run: checkpoints, metrics, figures and summary in ``workdir``."""
+
+    def __init__(self, model, tx, config: Config, workdir: Path, train_set: data.Dataset, test_set: data.Dataset):
+        self.model, self.tx, self.config, self.workdir = model, tx, config, workdir
+        self.image_shape = train_set.images.shape[1:]
+        self.root_key = jax.random.key(config.seed)
+        self.init_key, self.train_key, sample_key = jax.random.split(self.root_key, 3)
+        self.figures = RunFigures(model, config, workdir / "figures", train_set.images, test_set.images, sample_key)
+        self.checkpoints: Checkpoints | None = None
+        self.history: list[dict] = []
+
+    def start(self, *, resume: bool, overwrite: bool, log: Callable[[str], None]) -> train.TrainState:
+        """Prepares the folder; returns the fresh state, or the latest checkpoint's on resume."""
+        prepare_workdir(self.workdir, self.config, resume=resume, overwrite=overwrite)
+        state = train.create_state(self.model, self.tx, self.image_shape, key=self.init_key)
+        self.checkpoints = Checkpoints(self.workdir / "checkpoints", keep=self.config.keep_checkpoints)
+        if resume and self.checkpoints.latest_epoch() is not None:
+            state, meta = self.checkpoints.restore(state)
+            self.history = meta["history"]
+            log(f"resumed {self.workdir} from epoch {meta['epoch']}")
+        elif resume:
+            log(f"no checkpoint in {self.workdir}: starting from epoch 0")
+        _write_history(self.workdir / "metrics.jsonl", self.history)
+        return state
+
+    def end_epoch(self, state: train.TrainState, record: dict) -> None:
+        """Checkpoint, metrics line and, at plot epochs, figures."""
+        self.history.append(record)
+        meta = {
+            "epoch": record["epoch"],
+            "config": self.config.to_json(),
+            "history": self.history,
+            "key": jax.random.key_data(self.root_key).tolist(),
+        }
+        self.checkpoints.save(record["epoch"], state, meta, record["test_loss"])
+        with open(self.workdir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if record["epoch"] in self.config.plot_epochs or record["epoch"] == self.config.epochs:
+            self.figures.epoch(state.params, record["epoch"], self.history)
+
+    def finish(self, state: train.TrainState, started: float) -> dict:
+        """Final figures and ``summary.json``."""
+        if getattr(self.model, "variational", False):
+            self.figures.samples(state.params)
+        final = self.history[-1] if self.history else {}
+        summary = {
+            "model": self.config.model,
+            "dataset": self.config.dataset,
+            "seed": self.config.seed,
+            "epochs": final.get("epoch", 0),
+            "test_loss": final.get("test_loss"),
+            "test_mse": final.get("test_mse"),
+            "best_epoch": self.checkpoints.best_epoch(),
+            "best_test_loss": min((r["test_loss"] for r in self.history), default=None),
+            "train_seconds": sum(r["epoch_seconds"] for r in self.history),
+            "total_seconds": time.perf_counter() - started,
+            "num_params": sum(x.size for x in jax.tree.leaves(state.params)),
+            "backend": jax.default_backend(),
+            "device": jax.devices()[0].device_kind,
+        }
+        _write_text(self.workdir / "summary.json", json.dumps(summary, indent=2))
+        return summary
 
 
 class RunFigures:

@@ -75,7 +75,7 @@ def negative_elbo(logits: jax.Array, targets: jax.Array, mean: jax.Array, logvar
 
 def reconstruction_objective(model: nn.Module, params, x: jax.Array, key: jax.Array) -> tuple[jax.Array, Metrics]:
     """Deterministic autoencoders: minimise the MSE per pixel of ``sigmoid(logits)``."""
-    logits = _flat(model.apply(params, x, key=key).logits)
+    logits = _flat(model.apply(params, x, key=key).logits).astype(jnp.float32)
     mse = squared_error(nn.sigmoid(logits), x)
     return mse, {"mse": mse, "bce": bernoulli_nll(logits, x)}
 
@@ -83,9 +83,9 @@ def reconstruction_objective(model: nn.Module, params, x: jax.Array, key: jax.Ar
 def elbo_objective(model: nn.Module, params, x: jax.Array, key: jax.Array) -> tuple[jax.Array, Metrics]:
     """Variational autoencoders: minimise ``-ELBO`` with one reparameterized sample."""
     out = model.apply(params, x, key=key)
-    logits = _flat(out.logits)
+    logits = _flat(out.logits).astype(jnp.float32)  # losses in float32 whatever the compute dtype
     reconstruction = bernoulli_nll(logits, x)
-    kl = gaussian_kl(out.mean, out.logvar)
+    kl = gaussian_kl(out.mean.astype(jnp.float32), out.logvar.astype(jnp.float32))
     metrics = {"reconstruction": reconstruction, "kl": kl, "mse": squared_error(nn.sigmoid(logits), x)}
     return reconstruction + kl, metrics
 

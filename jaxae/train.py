@@ -89,9 +89,11 @@ def make_train_step(model: nn.Module, objective: Objective) -> Callable:
     return train_step
 
 
-def make_train_epoch(model: nn.Module, objective: Objective, batch_size: int) -> Callable:
+def make_train_epoch(model: nn.Module, objective: Objective, batch_size: int, *, stacked: bool = False) -> Callable:
     """A jitted ``train_epoch(state, images uint8 (N, H, W, C), key) -> (state, means)``.
 
+    With ``stacked``, ``state`` and ``key`` carry a leading seed axis ``(S, ...)`` and the
+    S models train at once (``jax.vmap``) on the same images, each in its own order.
     The state argument is donated: do not use it after the call.
     """
     train_step = make_train_step(model, objective)
@@ -111,11 +113,19 @@ def make_train_epoch(model: nn.Module, objective: Objective, batch_size: int) ->
         state, sums = jax.lax.scan(body, state, (indices, mask, step_keys))
         return state, _means(sums)
 
-    return jax.jit(train_epoch, donate_argnums=0)
+    return jax.jit(_over_seeds(train_epoch, stacked), donate_argnums=0)
 
 
-def make_evaluate(model: nn.Module, objective: Objective, batch_size: int = 1000) -> Callable:
-    """A jitted ``evaluate(params, images uint8 (N, H, W, C), key) -> means`` over all N images."""
+def _over_seeds(fn: Callable, stacked: bool) -> Callable:
+    """``fn(state_or_params, images, key)``, vmapped over a leading seed axis when stacked."""
+    return jax.vmap(fn, in_axes=(0, None, 0)) if stacked else fn
+
+
+def make_evaluate(model: nn.Module, objective: Objective, batch_size: int = 1000, *, stacked: bool = False) -> Callable:
+    """A jitted ``evaluate(params, images uint8 (N, H, W, C), key) -> means`` over all N images.
+
+    With ``stacked``, ``params`` and ``key`` carry a leading seed axis.
+    """
 
     def evaluate(params, images: jax.Array, key: jax.Array):
         indices, mask = batch_indices(jnp.arange(images.shape[0]), min(batch_size, images.shape[0]))
@@ -132,7 +142,17 @@ def make_evaluate(model: nn.Module, objective: Objective, batch_size: int = 1000
         _, sums = jax.lax.scan(body, None, (indices, mask, keys))
         return _means(sums)
 
-    return jax.jit(evaluate)
+    return jax.jit(_over_seeds(evaluate, stacked))
+
+
+def stack(trees: list):
+    """Pytrees of one seed each -> one pytree with a leading seed axis."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack(tree, index: int):
+    """One seed's slice of a stacked pytree."""
+    return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
 def fit(
@@ -154,32 +174,42 @@ def fit(
         state: the state after ``start_epoch`` epochs (fresh: 0).
         train_images, test_images: uint8 ``(N, H, W, C)``; put on the device once.
         key: the run's training key; epoch ``e`` trains with ``fold_in(key, e)`` and every
-            evaluation uses the same key, so test figures compare across epochs.
+            evaluation uses the same key, so test figures compare across epochs. A batch
+            of ``S`` keys, with ``state`` stacked to match (:func:`stack`), trains ``S``
+            models at once; each trains exactly as it would alone with its own key.
         on_epoch_end: called as ``on_epoch_end(state, record)`` after each epoch.
 
     Returns:
         The final state and one record per epoch trained: ``epoch``, ``train_<metric>``,
         ``test_<metric>`` (``loss`` and the objective's metrics) and ``epoch_seconds``.
+        With ``S`` keys each metric is a list of ``S`` values.
 
     Raises:
         TrainingDiverged: a loss became NaN or infinite; ``state`` from before that epoch
             was already handed to ``on_epoch_end``.
     """
-    train_key, eval_key = jax.random.split(key)
-    train_epoch = make_train_epoch(model, objective, batch_size)
-    evaluate = make_evaluate(model, objective)
+    stacked = key.ndim == 1
+    split, fold_in = (
+        (jax.vmap(jax.random.split), jax.vmap(jax.random.fold_in, (0, None)))
+        if stacked
+        else (jax.random.split, jax.random.fold_in)
+    )
+    keys = split(key)
+    train_key, eval_key = keys[..., 0], keys[..., 1]
+    train_epoch = make_train_epoch(model, objective, batch_size, stacked=stacked)
+    evaluate = make_evaluate(model, objective, stacked=stacked)
     train_images, test_images = jax.device_put(train_images), jax.device_put(test_images)
     history = []
     for epoch in range(start_epoch + 1, epochs + 1):
         start = time.perf_counter()
-        state, train_means = train_epoch(state, train_images, jax.random.fold_in(train_key, epoch))
+        state, train_means = train_epoch(state, train_images, fold_in(train_key, epoch))
         test_means = evaluate(state.params, test_images, eval_key)
         train_means, test_means = jax.device_get((train_means, test_means))
         record = {"epoch": epoch}
-        record |= {f"train_{name}": float(value) for name, value in train_means.items()}
-        record |= {f"test_{name}": float(value) for name, value in test_means.items()}
+        record |= {f"train_{name}": np.asarray(value).tolist() for name, value in train_means.items()}
+        record |= {f"test_{name}": np.asarray(value).tolist() for name, value in test_means.items()}
         record["epoch_seconds"] = time.perf_counter() - start
-        if not all(math.isfinite(record[k]) for k in ("train_loss", "test_loss")):
+        if not np.all(np.isfinite([record["train_loss"], record["test_loss"]])):
             raise TrainingDiverged(
                 f"loss became {record['train_loss']} (train) / {record['test_loss']} (test) in epoch {epoch}: "
                 f"lower --learning-rate; the last good checkpoint is kept"

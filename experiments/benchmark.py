@@ -1,0 +1,175 @@
+"""Training speed per model: compile time, steady epoch time, throughput and FLOP efficiency.
+
+    python -m experiments.benchmark                       # every model; the VAE at batch 64, 128, 512
+    python -m experiments.benchmark --dtype bfloat16      # on a GPU or TPU
+    python -m experiments.benchmark --quick               # tiny sizes, seconds
+
+FLOPs per epoch come from XLA's cost analysis of one compiled train step, times the steps
+per epoch. The machine's float32 (or bfloat16) matmul throughput is measured in the same
+run with a large jitted matrix product, and each model's achieved GFLOP/s is set against
+it. The last rows train 8 VAEs at once (``jax.vmap``) against 8 separate runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxae import data, losses, train
+from jaxae.experiment import DTYPES, Config, build_model
+
+WIDTHS = {"ae": (400,), "vae": (400,), "conv_ae": (16, 32)}
+
+
+def matmul_gflops(dtype: str, size: int, repeats: int = 5) -> float:
+    """Throughput of a jitted ``(size, size) @ (size, size)`` product, median of ``repeats``."""
+    a = jax.random.normal(jax.random.key(0), (size, size), DTYPES[dtype])
+    b = jax.random.normal(jax.random.key(1), (size, size), DTYPES[dtype])
+    product = jax.jit(lambda a, b: a @ b)
+    product(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(a, b).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def step_flops(model, objective, state, images: np.ndarray, batch_size: int, stacked: bool) -> float:
+    """XLA's FLOP count for one train step on one batch (all seeds when stacked)."""
+    step = train.make_train_step(model, objective)
+    if stacked:
+        step = jax.vmap(step, in_axes=(0, None, None, 0))
+    batch = jnp.asarray(images[:batch_size])
+    mask = jnp.ones(batch_size)
+    key = jax.random.split(jax.random.key(0), state.step.shape[0]) if stacked else jax.random.key(0)
+    cost = jax.jit(step).lower(state, batch, mask, key).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"])
+
+
+def benchmark(model_name: str, batch_size: int, dtype: str, images: np.ndarray, epochs: int, seeds: int = 1) -> dict:
+    """Compiles and times ``1 + epochs`` epochs of training; returns one row of figures."""
+    config = Config(model=model_name, batch_size=batch_size, dtype=dtype, widths=WIDTHS[model_name])
+    model = build_model(config, images.shape[1:])
+    objective = losses.objective_for(model)
+    tx = optax.adam(config.learning_rate)
+    keys = jax.random.split(jax.random.key(0), seeds)
+    states = [train.create_state(model, tx, images.shape[1:], key=k) for k in keys]
+    stacked = seeds > 1
+    state = train.stack(states) if stacked else states[0]
+    epoch_keys = (
+        (lambda e: jax.vmap(jax.random.fold_in, (0, None))(keys, e))
+        if stacked
+        else (lambda e: jax.random.fold_in(keys[0], e))
+    )
+    flops = step_flops(model, objective, state, images, batch_size, stacked) * math.ceil(len(images) / batch_size)
+    device_images = jax.device_put(images)
+    start = time.perf_counter()
+    train_epoch = (
+        train.make_train_epoch(model, objective, batch_size, stacked=stacked)
+        .lower(state, device_images, epoch_keys(0))
+        .compile()
+    )
+    compile_seconds = time.perf_counter() - start
+    times = []
+    for epoch in range(1 + epochs):
+        start = time.perf_counter()
+        state, means = train_epoch(state, device_images, epoch_keys(epoch))
+        jax.block_until_ready(means)
+        times.append(time.perf_counter() - start)
+    steady = statistics.median(times[1:])
+    return {
+        "model": model_name,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "seeds": seeds,
+        "compile_seconds": compile_seconds,
+        "first_epoch_seconds": compile_seconds + times[0],
+        "epoch_seconds": steady,
+        "images_per_second": seeds * len(images) / steady,
+        "flops_per_epoch": flops,
+        "gflops_per_second": flops / steady / 1e9,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["ae", "vae", "conv_ae"], choices=list(WIDTHS))
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--vae-batch-sizes", type=int, nargs="+", default=[64, 128, 512])
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    parser.add_argument("--epochs", type=int, default=3, help="steady epochs timed after the first (median)")
+    parser.add_argument("--seeds", type=int, default=8, help="vmapped VAEs set against as many separate runs")
+    parser.add_argument("--matmul-size", type=int, default=4096)
+    parser.add_argument("--quick", action="store_true", help="2048 images, small matmul: a smoke run")
+    parser.add_argument("--output", default="runs/benchmark.json")
+    args = parser.parse_args(argv)
+    if min(args.batch_size, args.epochs, args.seeds, *args.vae_batch_sizes) <= 0:
+        parser.error("--batch-size, --vae-batch-sizes, --epochs and --seeds must be positive")
+
+    images = data.load("mnist", "train").images
+    if args.quick:
+        images, args.matmul_size = images[:2048], 1024
+    device = jax.devices()[0]
+    matmul = matmul_gflops(args.dtype, args.matmul_size)
+    print(
+        f"{jax.default_backend()} ({device.device_kind}), {args.dtype}: "
+        f"{args.matmul_size}x{args.matmul_size} matmul {matmul:.1f} GFLOP/s; {len(images)} images per epoch"
+    )
+    plan = [(m, args.batch_size, 1) for m in args.models if m != "vae"]
+    if "vae" in args.models:
+        plan += [("vae", b, 1) for b in sorted({*args.vae_batch_sizes, args.batch_size})]
+        plan += [("vae", args.batch_size, args.seeds)]
+    rows = []
+    header = (
+        f"{'model':8} {'batch':>5} {'seeds':>5} {'compile s':>9} {'1st epoch s':>11} {'epoch s':>8} "
+        f"{'images/s':>9} {'GFLOP/epoch':>11} {'GFLOP/s':>8} {'of matmul':>9}"
+    )
+    print(header)
+    for model_name, batch_size, seeds in plan:
+        row = benchmark(model_name, batch_size, args.dtype, images, args.epochs, seeds)
+        row["fraction_of_matmul"] = row["gflops_per_second"] / matmul
+        rows.append(row)
+        print(
+            f"{model_name:8} {batch_size:5d} {seeds:5d} {row['compile_seconds']:9.2f} "
+            f"{row['first_epoch_seconds']:11.2f} {row['epoch_seconds']:8.3f} {row['images_per_second']:9.0f} "
+            f"{row['flops_per_epoch'] / 1e9:11.1f} {row['gflops_per_second']:8.1f} {row['fraction_of_matmul']:9.0%}",
+            flush=True,
+        )
+    if "vae" in args.models:
+        single = next(r for r in rows if r["model"] == "vae" and r["batch_size"] == args.batch_size and r["seeds"] == 1)
+        together = rows[-1]
+        print(
+            f"{args.seeds} VAEs vmapped: {together['epoch_seconds']:.2f} s per epoch; "
+            f"{args.seeds} separate runs: {args.seeds * single['epoch_seconds']:.2f} s "
+            f"({args.seeds * single['epoch_seconds'] / together['epoch_seconds']:.2f}x)"
+        )
+    result = {
+        "backend": jax.default_backend(),
+        "device": device.device_kind,
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+        "matmul_size": args.matmul_size,
+        "matmul_gflops_per_second": matmul,
+        "images_per_epoch": len(images),
+        "rows": rows,
+    }
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2))
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

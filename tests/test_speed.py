@@ -1,0 +1,89 @@
+"""The benchmark's figures are consistent, vmapped seeds train as separate runs, bfloat16 trains."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from experiments import benchmark
+from jaxae import experiment, losses, models, train
+from tests.test_checkpoint import restore_latest
+
+
+def test_benchmark_row_is_consistent(mnist_small):
+    images = mnist_small[0]
+    row = benchmark.benchmark("vae", 64, "float32", images, epochs=2)
+    assert row["compile_seconds"] > 0 and row["epoch_seconds"] > 0
+    assert row["first_epoch_seconds"] > row["compile_seconds"]
+    assert row["images_per_second"] == pytest.approx(len(images) / row["epoch_seconds"])
+    assert row["gflops_per_second"] == pytest.approx(row["flops_per_epoch"] / row["epoch_seconds"] / 1e9)
+    # Dense layers of 784-400-20(x2)-400-784: forward, backward to weights, backward to
+    # activations (not to the input): 2 * (2 * 651,200 + 337,600) FLOPs per image.
+    matmul_flops = 2 * (2 * 651_200 + 337_600) * len(images)
+    assert matmul_flops < row["flops_per_epoch"] < 1.25 * matmul_flops
+
+
+def test_benchmark_command_writes_its_table(tmp_path, capsys):
+    output = tmp_path / "bench.json"
+    argv = [
+        "--quick",
+        "--models",
+        "vae",
+        "--vae-batch-sizes",
+        "256",
+        "--batch-size",
+        "256",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--output",
+        str(output),
+    ]
+    assert benchmark.main(argv) == 0
+    result = json.loads(output.read_text())
+    assert result["backend"] == jax.default_backend() and result["matmul_gflops_per_second"] > 0
+    assert [(r["batch_size"], r["seeds"]) for r in result["rows"]] == [(256, 1), (256, 2)]
+    single, together = result["rows"]
+    assert together["flops_per_epoch"] == pytest.approx(2 * single["flops_per_epoch"], rel=0.01)
+    for row in result["rows"]:
+        assert row["fraction_of_matmul"] == pytest.approx(row["gflops_per_second"] / result["matmul_gflops_per_second"])
+    assert "2 VAEs vmapped" in capsys.readouterr().out
+
+
+def test_vmapped_seeds_equal_separate_runs(tmp_path, slice_config):
+    config = dataclasses.replace(slice_config, seed=5)
+    summary = experiment.train_and_evaluate(dataclasses.replace(config, seeds=2), tmp_path / "together")
+    assert summary["seeds"] == [5, 6] and len(summary["per_seed"]) == 2
+    for seed in (5, 6):
+        alone_dir = tmp_path / f"alone_{seed}"
+        experiment.train_and_evaluate(dataclasses.replace(config, seed=seed), alone_dir)
+        together, _ = restore_latest(tmp_path / "together" / f"seed_{seed}")
+        alone, _ = restore_latest(alone_dir)
+        for a, b in zip(jax.tree.leaves(together.params), jax.tree.leaves(alone.params), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        lines = (tmp_path / "together" / f"seed_{seed}" / "metrics.jsonl").read_text().splitlines()
+        expected = (alone_dir / "metrics.jsonl").read_text().splitlines()
+        for got, want in zip(lines, expected, strict=True):
+            assert json.loads(got)["test_loss"] == pytest.approx(json.loads(want)["test_loss"], rel=1e-4)
+    # the seeds differ from one another
+    a, _ = restore_latest(tmp_path / "together" / "seed_5")
+    b, _ = restore_latest(tmp_path / "together" / "seed_6")
+    assert not np.allclose(jax.tree.leaves(a.params)[0], jax.tree.leaves(b.params)[0])
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_learns_as_well(mnist_small):
+    finals = {}
+    for dtype in ("float32", "bfloat16"):
+        model = models.VAE(widths=(64,), latent_dim=8, dtype=experiment.DTYPES[dtype])
+        state = train.create_state(model, optax.adam(3e-3), (28, 28, 1), key=jax.random.key(0))
+        state, history = train.fit(
+            state, model, losses.elbo_objective, *mnist_small, key=jax.random.key(1), epochs=3, batch_size=64
+        )
+        assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype("float32")}
+        assert history[-1]["test_loss"] < history[0]["test_loss"]
+        finals[dtype] = history[-1]["test_loss"]
+    assert finals["bfloat16"] == pytest.approx(finals["float32"], rel=0.05)
