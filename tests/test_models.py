@@ -98,3 +98,14 @@ def test_conv_2x_equals_flax_strided_conv(kernel_size):
     grad = jax.grad(lambda p, m: jnp.sum(jnp.sin(m.apply(p, x))))
     for a, b in zip(jax.tree.leaves(grad(params, ours)), jax.tree.leaves(grad(params, reference)), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_initialisation_is_pytorchs_uniform_fan_in():
+    params = models.VAE().init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), key=jax.random.key(1))["params"]
+    for layer, fan_in in (("encoder", 784), ("to_mean", 400), ("decoder", 20)):
+        found = params[layer]["Dense_0"] if layer != "to_mean" else params[layer]
+        bound = 1 / np.sqrt(fan_in)
+        for leaf in (found["kernel"], found["bias"]):
+            assert float(jnp.abs(leaf).max()) <= bound
+            assert float(jnp.abs(leaf).max()) > 0.9 * bound  # uniform over the whole range
+        np.testing.assert_allclose(float(jnp.std(found["kernel"])), bound / np.sqrt(3), rtol=0.05)

@@ -87,3 +87,11 @@ def test_bfloat16_compute_keeps_float32_parameters_and_learns_as_well(mnist_smal
         assert history[-1]["test_loss"] < history[0]["test_loss"]
         finals[dtype] = history[-1]["test_loss"]
     assert finals["bfloat16"] == pytest.approx(finals["float32"], rel=0.05)
+
+
+def test_torch_reference_without_torch_says_how_to_get_it(monkeypatch, capsys):
+    from experiments import torch_reference
+
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # makes `import torch` fail
+    assert torch_reference.main(["--epochs", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: PyTorch is not installed: pip install torch"
