@@ -222,12 +222,13 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 class Conv2x(nn.Module):
     """Stride-2 'SAME' convolution: ``nn.Conv(features, (k, k), (2, 2))`` with the same
-    parameters, computed by :func:`conv_2x`. (XLA on CPU runs the
-    gradient of a strided convolution several times slower inside ``lax.scan``.)"""
+    parameters, computed by :func:`conv_2x`. (XLA on CPU runs the gradient of a strided
+    convolution several times slower inside ``lax.scan``.)"""
 
     features: int
     kernel_size: int = 3
     dtype: jnp.dtype | None = None
+    operation: ClassVar = staticmethod(conv_2x)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -235,24 +236,14 @@ class Conv2x(nn.Module):
         kernel = self.param("kernel", kernel_init, shape)
         bias = self.param("bias", bias_init(math.prod(shape[:3])), (self.features,))
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return conv_2x(x, kernel) + bias
+        return self.operation(x, kernel) + bias
 
 
-class ConvTranspose2x(nn.Module):
+class ConvTranspose2x(Conv2x):
     """Stride-2 'SAME' transposed convolution: ``nn.ConvTranspose(features, (k, k), (2, 2))``
     with the same parameters, computed by :func:`conv_transpose_2x`."""
 
-    features: int
-    kernel_size: int = 3
-    dtype: jnp.dtype | None = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
-        kernel = self.param("kernel", kernel_init, shape)
-        bias = self.param("bias", bias_init(math.prod(shape[:3])), (self.features,))
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return conv_transpose_2x(x, kernel) + bias
+    operation: ClassVar = staticmethod(conv_transpose_2x)
 
 
 class ConvAutoencoder(nn.Module):

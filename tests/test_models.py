@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,36 +65,17 @@ def test_conv_model_rejects_sizes_it_cannot_halve():
 
 
 @pytest.mark.parametrize("kernel_size", [2, 3, 4, 5])
-def test_conv_transpose_2x_equals_flax_conv_transpose(kernel_size):
-    x = jax.random.normal(jax.random.key(0), (2, 7, 5, 3))
-    ours = models.ConvTranspose2x(4, kernel_size=kernel_size)
-    params = ours.init(jax.random.key(1), x)
-    reference = flax_conv_transpose(4, kernel_size)
-    params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
-    expected = reference.apply(params, x)
-    assert expected.shape == (2, 14, 10, 4)
-    np.testing.assert_allclose(ours.apply(params, x), expected, atol=1e-5)
-    grad = jax.grad(lambda p, m: jnp.sum(jnp.sin(m.apply(p, x))))
-    for a, b in zip(jax.tree.leaves(grad(params, ours)), jax.tree.leaves(grad(params, reference)), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-4)
-
-
-def flax_conv_transpose(features, kernel_size):
-    import flax.linen as nn
-
-    return nn.ConvTranspose(features, (kernel_size, kernel_size), strides=(2, 2), padding="SAME")
-
-
-@pytest.mark.parametrize("kernel_size", [2, 3, 4, 5])
-def test_conv_2x_equals_flax_strided_conv(kernel_size):
-    import flax.linen as nn
-
+@pytest.mark.parametrize(
+    ("ours", "reference", "out_hw"),
+    [(models.Conv2x, nn.Conv, (4, 3)), (models.ConvTranspose2x, nn.ConvTranspose, (16, 12))],
+)
+def test_patch_matmul_layers_equal_flax_strided_convolutions(ours, reference, out_hw, kernel_size):
     x = jax.random.normal(jax.random.key(0), (2, 8, 6, 3))
-    ours = models.Conv2x(4, kernel_size=kernel_size)
-    reference = nn.Conv(4, (kernel_size, kernel_size), strides=(2, 2), padding="SAME")
+    ours = ours(4, kernel_size=kernel_size)
+    reference = reference(4, (kernel_size, kernel_size), strides=(2, 2), padding="SAME")
     params = jax.tree.map(lambda p: p + 0.1, ours.init(jax.random.key(1), x))
     expected = reference.apply(params, x)
-    assert expected.shape == (2, 4, 3, 4)
+    assert expected.shape == (2, *out_hw, 4)
     np.testing.assert_allclose(ours.apply(params, x), expected, atol=1e-5)
     grad = jax.grad(lambda p, m: jnp.sum(jnp.sin(m.apply(p, x))))
     for a, b in zip(jax.tree.leaves(grad(params, ours)), jax.tree.leaves(grad(params, reference)), strict=True):
