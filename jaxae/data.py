@@ -39,7 +39,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import zipfile
@@ -47,6 +46,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from jaxae.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -237,22 +238,9 @@ def _write_cache(name: str, split: str, images: np.ndarray, labels: np.ndarray) 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         digest = np.array(sha256_of(images) + sha256_of(labels))
-        _atomic_write(path, lambda f: np.savez(f, images=images, labels=labels, sha256=digest))
+        atomic_write(path, lambda f: np.savez(f, images=images, labels=labels, sha256=digest))
     except OSError as error:  # a read-only or full disk costs speed, not correctness
         logger.warning("could not cache %s (%s)", path, error)
-
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- IDX files
@@ -359,7 +347,7 @@ def _fetch_from_mirrors(filename: str, target: Path) -> None:
     for mirror in MNIST_MIRRORS:
         try:
             with urllib.request.urlopen(mirror + filename, timeout=20) as response:
-                _atomic_write(target, lambda f, r=response: shutil.copyfileobj(r, f))
+                atomic_write(target, lambda f, r=response: shutil.copyfileobj(r, f))
             return
         except OSError as error:
             errors.append(f"{mirror}: {getattr(error, 'reason', error)}")

@@ -29,6 +29,7 @@ import optax
 
 from jaxae import data, losses, models, plots, train
 from jaxae.checkpoint import Checkpoints
+from jaxae.files import atomic_write_text
 
 
 class ConfigError(ValueError):
@@ -135,20 +136,13 @@ def prepare_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: b
             (workdir / name).unlink(missing_ok=True)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        _write_text(workdir / "config.json", json.dumps(config.to_json(), indent=2))
+        atomic_write_text(workdir / "config.json", json.dumps(config.to_json(), indent=2))
     except OSError as error:
         raise ConfigError(f"cannot write to --workdir {workdir} ({error.strerror}): choose a writable folder") from None
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Writes a file atomically: a temporary sibling, then a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _write_history(path: Path, history: list[dict]) -> None:
-    _write_text(path, "".join(json.dumps(record) + "\n" for record in history))
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in history))
 
 
 def train_and_evaluate(
@@ -246,7 +240,7 @@ def train_and_evaluate(
         "per_seed": summaries,
         "total_seconds": time.perf_counter() - started,
     }
-    _write_text(workdir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -311,7 +305,7 @@ class SeedRun:
             "backend": jax.default_backend(),
             "device": jax.devices()[0].device_kind,
         }
-        _write_text(self.workdir / "summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(self.workdir / "summary.json", json.dumps(summary, indent=2))
         return summary
 
 
