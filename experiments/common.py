@@ -11,6 +11,7 @@ import typing
 
 from tqdm import tqdm
 
+from jaxae import parallel
 from jaxae.data import DataError
 from jaxae.experiment import Config, ConfigError, train_and_evaluate
 from jaxae.train import TrainingDiverged
@@ -46,7 +47,32 @@ def build_parser(defaults: Config, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--workdir", default=f"runs/{defaults.model}", help="where the run's files go")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="delete a previous run in --workdir first")
+    launch = parser.add_argument_group(
+        "several processes (hosts)",
+        "start one process per host with the same flags and its own --process-id; "
+        "JAX_COORDINATOR_ADDRESS or --distributed also join a run",
+    )
+    launch.add_argument("--coordinator-address", help="host:port of process 0, reachable by every process")
+    launch.add_argument("--num-processes", type=int, help="how many processes train together")
+    launch.add_argument("--process-id", type=int, help="this process's index, 0 .. num-processes - 1")
+    launch.add_argument(
+        "--distributed", action="store_true", help="join a run that JAX detects (Cloud TPU pod slice, Slurm, Open MPI)"
+    )
     return parser
+
+
+LAUNCH_FLAGS = ("coordinator_address", "num_processes", "process_id", "distributed")
+
+
+def join_processes(launch: dict) -> None:
+    """Starts JAX's multi-process runtime when the flags or the environment ask for it."""
+    explicit = [launch[name] for name in LAUNCH_FLAGS[:3]]
+    if any(value is not None for value in explicit) and None in explicit[1:]:
+        raise ConfigError("--num-processes and --process-id go together: give both (and --coordinator-address)")
+    try:
+        parallel.initialize(*explicit, auto=launch["distributed"])
+    except (ValueError, RuntimeError) as error:
+        raise ConfigError(f"cannot join the processes ({error}): check the address and --process-id") from None
 
 
 def _fmt(value: float | list[float]) -> str:
@@ -82,17 +108,27 @@ def main(defaults: Config, description: str, argv: list[str] | None = None) -> i
     """Parses flags over ``defaults``, runs the experiment, prints its summary; returns the exit code."""
     args = vars(build_parser(defaults, description).parse_args(argv))
     workdir, resume, overwrite = args.pop("workdir"), args.pop("resume"), args.pop("overwrite")
+    launch = {name: args.pop(name) for name in LAUNCH_FLAGS}
     config = dataclasses.replace(defaults, **{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
     progress = Progress(config.epochs)
     try:
+        join_processes(launch)
+        speaks = parallel.is_primary()  # one process reports; every process reports errors
         summary = train_and_evaluate(
-            config, workdir, resume=resume, overwrite=overwrite, log=lambda m: print(m, flush=True), on_epoch=progress
+            config,
+            workdir,
+            resume=resume,
+            overwrite=overwrite,
+            log=lambda m: print(m, flush=True) if speaks else None,
+            on_epoch=progress if speaks else lambda record: None,
         )
     except USER_ERRORS as error:
         progress.close()
         print(f"error: {error}", file=sys.stderr)
         return 2
     progress.close()
+    if not speaks:
+        return 0
     final = summary if config.seeds == 1 else summary["per_seed"][0]
     if config.seeds > 1:
         print(

@@ -10,6 +10,9 @@
     workdir/summary.json     final figures: test loss, best epoch, seconds, device
 
 The experiment scripts in ``experiments/`` only parse flags into a Config and call this.
+Training is data parallel over all devices (:mod:`jaxae.parallel`); with several
+processes every process runs this function and only process 0 writes files other than
+the checkpoints, which Orbax writes together.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxae import data, losses, models, plots, train
+from jaxae import data, losses, models, parallel, plots, train
 from jaxae.checkpoint import Checkpoints
 from jaxae.files import atomic_write_text
 
@@ -46,7 +49,7 @@ class Config:
 
     model: str = _field("vae", "model: " + ", ".join(models.MODELS))
     epochs: int = _field(20, "train until this many epochs are done")
-    batch_size: int = _field(128, "images per training step")
+    batch_size: int = _field(128, "images per training step over all devices (each device gets batch / devices)")
     learning_rate: float = _field(1e-3, "Adam learning rate")
     latent_dim: int = _field(20, "size of the code")
     widths: tuple[int, ...] = _field((400,), "MLP hidden widths or conv channels, encoder order")
@@ -112,7 +115,7 @@ def build_model(config: Config, image_shape: tuple[int, int, int]):
         raise ConfigError(str(error)) from None
 
 
-def prepare_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: bool) -> None:
+def check_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: bool) -> None:
     """Refuses to mix runs: a workdir holding another run needs --resume or --overwrite."""
     saved_path = workdir / "config.json"
     if saved_path.exists() and not (resume or overwrite):
@@ -129,6 +132,10 @@ def prepare_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: b
                 f"cannot resume {workdir} with a different config: {', '.join(differ)}; "
                 f"use the saved values or a new --workdir"
             )
+
+
+def write_workdir(workdir: Path, config: Config, *, overwrite: bool) -> None:
+    """Clears a previous run when ``overwrite``, then writes ``config.json``."""
     if overwrite:
         for name in ("checkpoints", "figures"):
             shutil.rmtree(workdir / name, ignore_errors=True)
@@ -139,6 +146,15 @@ def prepare_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: b
         atomic_write_text(workdir / "config.json", json.dumps(config.to_json(), indent=2))
     except OSError as error:
         raise ConfigError(f"cannot write to --workdir {workdir} ({error.strerror}): choose a writable folder") from None
+
+
+def prepare_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: bool) -> None:
+    """Every process checks the workdir; process 0 writes it; all wait until it is written."""
+    check_workdir(workdir, config, resume=resume, overwrite=overwrite)
+    parallel.sync(f"checked {workdir}")  # before any process writes
+    if parallel.is_primary():
+        write_workdir(workdir, config, overwrite=overwrite)
+    parallel.sync(f"written {workdir}")
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
@@ -184,6 +200,15 @@ def train_and_evaluate(
     log(test_set.describe())
     if config.batch_size > len(train_set):
         raise ConfigError(f"--batch-size {config.batch_size} exceeds the {len(train_set)} training images")
+    mesh = parallel.data_mesh()
+    try:
+        parallel.check_batch_size(config.batch_size, mesh, name="--batch-size")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    log(
+        f"{jax.default_backend()}: {mesh.size} device(s) in {jax.process_count()} process(es), "
+        f"{config.batch_size // mesh.size} images per device per step"
+    )
     model = build_model(config, train_set.images.shape[1:])
     if config.seeds > 1:
         prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
@@ -193,7 +218,7 @@ def train_and_evaluate(
         seed_configs = [(dataclasses.replace(config, seed=s, seeds=1), workdir / f"seed_{s}") for s in seeds]
     else:
         seed_configs = [(config, workdir)]
-    runs = [SeedRun(model, tx, c, folder, train_set, test_set) for c, folder in seed_configs]
+    runs = [SeedRun(model, tx, c, folder, train_set, test_set, mesh) for c, folder in seed_configs]
     states = [run.start(resume=resume, overwrite=overwrite, log=log) for run in runs]
     start_epochs = {len(run.history) for run in runs}
     if len(start_epochs) > 1:
@@ -224,6 +249,7 @@ def train_and_evaluate(
             batch_size=config.batch_size,
             start_epoch=start_epochs.pop(),
             on_epoch_end=on_epoch_end,
+            mesh=mesh,
         )
         summaries = [run.finish(train.unstack(state, i) if stacked else state, started) for i, run in enumerate(runs)]
     finally:
@@ -240,15 +266,16 @@ def train_and_evaluate(
         "per_seed": summaries,
         "total_seconds": time.perf_counter() - started,
     }
-    atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))
+    if parallel.is_primary():
+        atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
 class SeedRun:
     """The files of one seed's run: checkpoints, metrics, figures and summary in ``workdir``."""
 
-    def __init__(self, model, tx, config: Config, workdir: Path, train_set: data.Dataset, test_set: data.Dataset):
-        self.model, self.tx, self.config, self.workdir = model, tx, config, workdir
+    def __init__(self, model, tx, config: Config, workdir: Path, train_set: data.Dataset, test_set: data.Dataset, mesh):
+        self.model, self.tx, self.config, self.workdir, self.mesh = model, tx, config, workdir, mesh
         self.image_shape = train_set.images.shape[1:]
         self.root_key = jax.random.key(config.seed)
         self.init_key, self.train_key, sample_key = jax.random.split(self.root_key, 3)
@@ -260,6 +287,7 @@ class SeedRun:
         """Prepares the folder; returns the fresh state, or the latest checkpoint's on resume."""
         prepare_workdir(self.workdir, self.config, resume=resume, overwrite=overwrite)
         state = train.create_state(self.model, self.tx, self.image_shape, key=self.init_key)
+        state = parallel.replicate(state, self.mesh)  # restored checkpoints land replicated too
         self.checkpoints = Checkpoints(self.workdir / "checkpoints", keep=self.config.keep_checkpoints)
         if resume and self.checkpoints.latest_epoch() is not None:
             state, meta = self.checkpoints.restore(state)
@@ -267,7 +295,8 @@ class SeedRun:
             log(f"resumed {self.workdir} from epoch {meta['epoch']}")
         elif resume:
             log(f"no checkpoint in {self.workdir}: starting from epoch 0")
-        _write_history(self.workdir / "metrics.jsonl", self.history)
+        if parallel.is_primary():
+            _write_history(self.workdir / "metrics.jsonl", self.history)
         return state
 
     def end_epoch(self, state: train.TrainState, record: dict) -> None:
@@ -280,15 +309,17 @@ class SeedRun:
             "key": jax.random.key_data(self.root_key).tolist(),
         }
         self.checkpoints.save(record["epoch"], state, meta, record["test_loss"])
+        if not parallel.is_primary():
+            return
         with open(self.workdir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         if record["epoch"] in self.config.plot_epochs or record["epoch"] == self.config.epochs:
-            self.figures.epoch(state.params, record["epoch"], self.history)
+            self.figures.epoch(jax.device_get(state.params), record["epoch"], self.history)
 
     def finish(self, state: train.TrainState, started: float) -> dict:
         """Final figures and ``summary.json``."""
-        if getattr(self.model, "variational", False):
-            self.figures.samples(state.params)
+        if getattr(self.model, "variational", False) and parallel.is_primary():
+            self.figures.samples(jax.device_get(state.params))
         final = self.history[-1] if self.history else {}
         summary = {
             "model": self.config.model,
@@ -304,8 +335,11 @@ class SeedRun:
             "num_params": sum(x.size for x in jax.tree.leaves(state.params)),
             "backend": jax.default_backend(),
             "device": jax.devices()[0].device_kind,
+            "devices": jax.device_count(),
+            "processes": jax.process_count(),
         }
-        atomic_write_text(self.workdir / "summary.json", json.dumps(summary, indent=2))
+        if parallel.is_primary():
+            atomic_write_text(self.workdir / "summary.json", json.dumps(summary, indent=2))
         return summary
 
 

@@ -5,12 +5,17 @@ it with its key and ``lax.scan`` walks the batches, so the host loop runs once p
 The last partial batch is padded and masked, never dropped: every image counts once per
 epoch in training and in evaluation.
 
+Every jitted function runs over a device mesh (:mod:`jaxae.parallel`): each batch is
+split over all devices, the state and data are replicated, and XLA sums the gradients
+across devices. The batch size is global: it must divide by the number of devices.
+
 Randomness is explicit. ``fit`` derives every epoch's key as ``fold_in(train_key, epoch)``,
 so a run resumed from epoch ``k`` draws exactly the keys an uninterrupted run would.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -22,6 +27,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from jaxae import parallel
 from jaxae.losses import Objective
 
 TrainState = train_state.TrainState
@@ -37,10 +43,16 @@ def create_state(
 ) -> TrainState:
     """Initialises parameters and optimizer state for images of ``image_shape`` (H, W, C)."""
     params_key, noise_key = jax.random.split(key)
-    dummy = jnp.zeros((1, *image_shape), jnp.float32)
-    params = jax.jit(lambda k, n: model.init(k, dummy, key=n))(params_key, noise_key)
+    params = _init_function(model, tuple(image_shape))(params_key, noise_key)
     state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
     return state.replace(step=jnp.zeros((), jnp.int32))  # an array, so checkpoints restore its dtype
+
+
+@functools.cache
+def _init_function(model: nn.Module, image_shape: tuple[int, int, int]) -> Callable:
+    # One compiled initialiser per model and shape: compiling it takes seconds on a CPU.
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    return jax.jit(lambda params_key, noise_key: model.init(params_key, dummy, key=noise_key))
 
 
 def to_float(images: jax.Array) -> jax.Array:
@@ -89,13 +101,27 @@ def make_train_step(model: nn.Module, objective: Objective) -> Callable:
     return train_step
 
 
-def make_train_epoch(model: nn.Module, objective: Objective, batch_size: int, *, stacked: bool = False) -> Callable:
+def make_train_epoch(
+    model: nn.Module,
+    objective: Objective,
+    batch_size: int,
+    *,
+    stacked: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Callable:
     """A jitted ``train_epoch(state, images uint8 (N, H, W, C), key) -> (state, means)``.
 
-    With ``stacked``, ``state`` and ``key`` carry a leading seed axis ``(S, ...)`` and the
-    S models train at once (``jax.vmap``) on the same images, each in its own order.
-    The state argument is donated: do not use it after the call.
+    Each global batch of ``batch_size`` images is split over the devices of ``mesh``
+    (default: all devices). With ``stacked``, ``state`` and ``key`` carry a leading seed
+    axis ``(S, ...)`` and the S models train at once (``jax.vmap``) on the same images,
+    each in its own order. The state argument is donated: do not use it after the call.
+
+    Raises:
+        ValueError: ``batch_size`` does not divide by the number of devices.
     """
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    parallel.check_batch_size(batch_size, mesh)
+    split = parallel.batch_sharding(mesh)
     train_step = make_train_step(model, objective)
 
     def train_epoch(state: TrainState, images: jax.Array, key: jax.Array):
@@ -106,14 +132,21 @@ def make_train_epoch(model: nn.Module, objective: Objective, batch_size: int, *,
         rows = images.reshape(images.shape[0], -1)  # gather whole rows, not (H, W, 1) blocks
 
         def body(state, batch):
-            batch_indices_, batch_mask, step_key = batch
-            batch_images = rows[batch_indices_].reshape(-1, *images.shape[1:])
+            batch_indices_, batch_mask, step_key = parallel_batch(batch, split)
+            batch_images = rows[batch_indices_].reshape(-1, *images.shape[1:])  # each device gathers its slice
             return train_step(state, batch_images, batch_mask, step_key)
 
         state, sums = jax.lax.scan(body, state, (indices, mask, step_keys))
         return state, _means(sums)
 
-    return jax.jit(_over_seeds(train_epoch, stacked), donate_argnums=0)
+    return _jit_over_mesh(_over_seeds(train_epoch, stacked), mesh, donate=True)
+
+
+def parallel_batch(batch: tuple[jax.Array, jax.Array, jax.Array], sharding) -> tuple:
+    """Splits a batch's indices and mask over the devices; the key stays whole."""
+    indices, mask, key = batch
+    constrain = jax.lax.with_sharding_constraint
+    return constrain(indices, sharding), constrain(mask, sharding), key
 
 
 def _over_seeds(fn: Callable, stacked: bool) -> Callable:
@@ -121,20 +154,42 @@ def _over_seeds(fn: Callable, stacked: bool) -> Callable:
     return jax.vmap(fn, in_axes=(0, None, 0)) if stacked else fn
 
 
-def make_evaluate(model: nn.Module, objective: Objective, batch_size: int = 1000, *, stacked: bool = False) -> Callable:
+def _jit_over_mesh(fn: Callable, mesh: jax.sharding.Mesh, *, donate: bool = False) -> Callable:
+    """``jax.jit`` with every argument and result replicated over ``mesh``.
+
+    Arguments on other devices are moved there (one process); with several processes
+    pass arrays made by :func:`jaxae.parallel.replicate`.
+    """
+    replicated = parallel.replicated(mesh)
+    return jax.jit(fn, in_shardings=replicated, out_shardings=replicated, donate_argnums=0 if donate else ())
+
+
+def make_evaluate(
+    model: nn.Module,
+    objective: Objective,
+    batch_size: int = 1000,
+    *,
+    stacked: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Callable:
     """A jitted ``evaluate(params, images uint8 (N, H, W, C), key) -> means`` over all N images.
 
-    With ``stacked``, ``params`` and ``key`` carry a leading seed axis.
+    Batches of about ``batch_size`` (rounded up to a multiple of the device count) are
+    split over the devices of ``mesh`` (default: all). With ``stacked``, ``params`` and
+    ``key`` carry a leading seed axis.
     """
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    split = parallel.batch_sharding(mesh)
 
     def evaluate(params, images: jax.Array, key: jax.Array):
-        indices, mask = batch_indices(jnp.arange(images.shape[0]), min(batch_size, images.shape[0]))
+        size = -(-min(batch_size, images.shape[0]) // mesh.size) * mesh.size
+        indices, mask = batch_indices(jnp.arange(images.shape[0]), size)
         keys = jax.random.split(key, indices.shape[0])
 
         rows = images.reshape(images.shape[0], -1)
 
         def body(_, batch):
-            batch_indices_, batch_mask, batch_key = batch
+            batch_indices_, batch_mask, batch_key = parallel_batch(batch, split)
             x = to_float(rows[batch_indices_]).reshape(-1, *images.shape[1:])
             loss, metrics = objective(model, params, x, batch_key)
             return None, _masked_sums(loss, metrics, batch_mask)
@@ -142,7 +197,7 @@ def make_evaluate(model: nn.Module, objective: Objective, batch_size: int = 1000
         _, sums = jax.lax.scan(body, None, (indices, mask, keys))
         return _means(sums)
 
-    return jax.jit(_over_seeds(evaluate, stacked))
+    return _jit_over_mesh(_over_seeds(evaluate, stacked), mesh)
 
 
 def stack(trees: list):
@@ -167,6 +222,7 @@ def fit(
     batch_size: int,
     start_epoch: int = 0,
     on_epoch_end: EpochCallback | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[TrainState, list[dict]]:
     """Trains epochs ``start_epoch + 1 .. epochs`` and evaluates on the test set after each.
 
@@ -178,6 +234,8 @@ def fit(
             of ``S`` keys, with ``state`` stacked to match (:func:`stack`), trains ``S``
             models at once; each trains exactly as it would alone with its own key.
         on_epoch_end: called as ``on_epoch_end(state, record)`` after each epoch.
+        mesh: the devices to train on (default: all, over all processes); ``batch_size``
+            is the global batch. Every process passes the same arguments.
 
     Returns:
         The final state and one record per epoch trained: ``epoch``, ``train_<metric>``,
@@ -196,9 +254,12 @@ def fit(
     )
     keys = split(key)
     train_key, eval_key = keys[..., 0], keys[..., 1]
-    train_epoch = make_train_epoch(model, objective, batch_size, stacked=stacked)
-    evaluate = make_evaluate(model, objective, stacked=stacked)
-    train_images, test_images = jax.device_put(train_images), jax.device_put(test_images)
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    train_epoch = make_train_epoch(model, objective, batch_size, stacked=stacked, mesh=mesh)
+    evaluate = make_evaluate(model, objective, stacked=stacked, mesh=mesh)
+    state, train_images, test_images, train_key, eval_key = parallel.replicate(
+        (state, train_images, test_images, train_key, eval_key), mesh
+    )
     history = []
     for epoch in range(start_epoch + 1, epochs + 1):
         start = time.perf_counter()
