@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
 import sys
 import types
 import typing
+from collections.abc import Callable
+from pathlib import Path
 
 from tqdm import tqdm
 
 from jaxae import parallel
 from jaxae.data import DataError
-from jaxae.experiment import Config, ConfigError, train_and_evaluate
+from jaxae.experiment import Config, ConfigError, RestoredRun, restore_run, train_and_evaluate
+from jaxae.files import atomic_write_text
 from jaxae.train import TrainingDiverged
 
 USER_ERRORS = (ConfigError, DataError, TrainingDiverged)
@@ -104,7 +108,21 @@ class Progress:
             self.bar.close()
 
 
-def main(defaults: Config, description: str, argv: list[str] | None = None) -> int:
+@dataclasses.dataclass(frozen=True)
+class Use:
+    """A use of autoencoders, measured on the model once it is trained.
+
+    ``analyse(run, workdir)`` writes its figures into ``workdir/figures`` and returns its
+    figures as a dict, which goes into ``summary.json`` under ``name``; ``check(config)``
+    refuses configs the analysis cannot use, before anything is trained.
+    """
+
+    name: str
+    analyse: Callable[[RestoredRun, Path], dict]
+    check: Callable[[Config], None] = lambda config: None
+
+
+def main(defaults: Config, description: str, argv: list[str] | None = None, use: Use | None = None) -> int:
     """Parses flags over ``defaults``, runs the experiment, prints its summary; returns the exit code."""
     args = vars(build_parser(defaults, description).parse_args(argv))
     workdir, resume, overwrite = args.pop("workdir"), args.pop("resume"), args.pop("overwrite")
@@ -112,6 +130,10 @@ def main(defaults: Config, description: str, argv: list[str] | None = None) -> i
     config = dataclasses.replace(defaults, **{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
     progress = Progress(config.epochs)
     try:
+        if use is not None:
+            if config.seeds > 1:
+                raise ConfigError(f"{use.name} measures one model: drop --seeds")
+            use.check(config)
         join_processes(launch)
         speaks = parallel.is_primary()  # one process reports; every process reports errors
         summary = train_and_evaluate(
@@ -122,6 +144,8 @@ def main(defaults: Config, description: str, argv: list[str] | None = None) -> i
             log=lambda m: print(m, flush=True) if speaks else None,
             on_epoch=progress if speaks else lambda record: None,
         )
+        if use is not None and speaks:
+            summary = _measure_use(use, Path(workdir), summary)
     except USER_ERRORS as error:
         progress.close()
         print(f"error: {error}", file=sys.stderr)
@@ -143,4 +167,21 @@ def main(defaults: Config, description: str, argv: list[str] | None = None) -> i
         f"test MSE per pixel {final['test_mse']:.5f}, {final['total_seconds']:.0f} s on {final['device']}; "
         f"results in {workdir}"
     )
+    if use is not None:
+        print(f"{use.name}: " + ", ".join(f"{name} {_fmt_value(value)}" for name, value in summary[use.name].items()))
     return 0
+
+
+def _measure_use(use: Use, workdir: Path, summary: dict) -> dict:
+    """Runs the analysis on the trained model and adds its figures to ``summary.json``."""
+    summary = {**summary, use.name: use.analyse(restore_run(workdir), workdir)}
+    atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _fmt_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt_value(v) for v in value) + "]"
+    return str(value)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxae import data, losses, models, parallel, plots, train
+from jaxae import corruptions, data, losses, models, parallel, plots, train
 from jaxae.checkpoint import Checkpoints
 from jaxae.files import atomic_write_text
 
@@ -62,6 +62,8 @@ class Config:
     keep_checkpoints: int = _field(3, "latest checkpoints kept; the best by test loss is kept too")
     dtype: str = _field("float32", "compute dtype: float32, or bfloat16 (parameters and optimizer stay float32)")
     seeds: int = _field(1, "train this many models at once (jax.vmap), seeds seed .. seed+N-1, each in seed_<s>/")
+    inputs: str = _field("clean", "what the model reads: clean, or " + ", ".join(corruptions.CORRUPTIONS))
+    noise_level: float = _field(0.5, "Gaussian sigma, or the salt-and-pepper fraction of pixels")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -97,6 +99,12 @@ def validate(config: Config) -> None:
         raise ConfigError(f"--widths must be one or more positive integers, got {config.widths}")
     if config.dtype not in DTYPES:
         raise ConfigError(f"unknown --dtype {config.dtype!r}: use one of {', '.join(DTYPES)}")
+    inputs = ("clean", *corruptions.CORRUPTIONS)
+    if config.inputs not in inputs:
+        raise ConfigError(f"unknown --inputs {config.inputs!r}: use one of {', '.join(inputs)}")
+    limit = 1.0 if config.inputs == "salt_pepper" else math.inf
+    if not (0 <= config.noise_level <= limit):
+        raise ConfigError(f"--noise-level must be in [0, {limit}] for {config.inputs} inputs, got {config.noise_level}")
     if config.data_source not in data.SOURCES:
         raise ConfigError(f"unknown --data-source {config.data_source!r}: use one of {', '.join(data.SOURCES)}")
 
@@ -113,6 +121,21 @@ def build_model(config: Config, image_shape: tuple[int, int, int]):
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def corrupt_function(config: Config):
+    """``corrupt(key, x) -> inputs`` for ``config.inputs``, or None for clean inputs."""
+    if config.inputs == "clean":
+        return None
+    corruption = corruptions.CORRUPTIONS[config.inputs]
+    return lambda key, x: corruption(key, x, config.noise_level)
+
+
+def build_objective(config: Config, model) -> losses.Objective:
+    """The model's objective, reading corrupted inputs when ``config.inputs`` asks for them."""
+    objective = losses.objective_for(model)
+    corrupt = corrupt_function(config)
+    return objective if corrupt is None else losses.with_inputs(objective, corrupt)
 
 
 def check_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: bool) -> None:
@@ -241,7 +264,7 @@ def train_and_evaluate(
         state, _ = train.fit(
             state,
             model,
-            losses.objective_for(model),
+            build_objective(config, model),
             train_set.images,
             test_set.images,
             key=train_key,
@@ -350,6 +373,8 @@ class RunFigures:
         self.model, self.config, self.folder = model, config, folder
         self.test_images = train.to_float(jnp.asarray(test_images[:16]))
         self.train_images = train.to_float(jnp.asarray(train_images[:16]))
+        corrupt = corrupt_function(config)
+        self.test_inputs = None if corrupt is None else corrupt(jax.random.fold_in(sample_key, 1), self.test_images)
         self.prior_z = jax.random.normal(sample_key, (64, config.latent_dim))
         self._reconstruct = jax.jit(lambda params, x: jax.nn.sigmoid(model.apply(params, x).logits))
         self._decode = jax.jit(lambda params, z: jax.nn.sigmoid(model.apply(params, z, method=model.decode)))
@@ -359,7 +384,11 @@ class RunFigures:
         groups = [("test originals", self.test_images)]
         if self.config.train_rows:
             groups.append(("train reconstructions", self._reconstruct(params, self.train_images)))
-        groups.append(("test reconstructions", self._reconstruct(params, self.test_images)))
+        if self.test_inputs is None:
+            groups.append(("test reconstructions", self._reconstruct(params, self.test_images)))
+        else:
+            groups.append((f"test inputs ({self.config.inputs})", self.test_inputs))
+            groups.append(("test reconstructions", self._reconstruct(params, self.test_inputs)))
         name = f"{self.config.model} on {self.config.dataset}, epoch {epoch}"
         plots.image_rows(
             [(label, np.asarray(x)) for label, x in groups],
@@ -373,3 +402,39 @@ class RunFigures:
         """``samples.png``: 64 decodings of a fixed draw from the prior N(0, I)."""
         images = np.asarray(self._decode(params, self.prior_z))
         plots.image_grid(images, self.folder / "samples.png", title=f"{self.config.model}: samples from the prior")
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredRun:
+    """A finished (or interrupted) run, read back from its work directory."""
+
+    config: Config
+    model: object
+    params: dict
+    epoch: int
+    train_set: data.Dataset
+    test_set: data.Dataset
+
+
+def restore_run(workdir: str | Path, epoch: int | None = None) -> RestoredRun:
+    """Reads ``config.json``, reloads the data and restores ``epoch``'s parameters (default: latest).
+
+    Raises:
+        ConfigError: ``workdir`` holds no run or no checkpoint.
+    """
+    workdir = Path(workdir)
+    try:
+        config = Config.from_json(json.loads((workdir / "config.json").read_text()))
+    except FileNotFoundError:
+        raise ConfigError(f"{workdir} holds no run (no config.json): train one there first") from None
+    train_set = data.load(config.dataset, "train", config.data_source, config.data_dir)
+    test_set = data.load(config.dataset, "test", config.data_source, config.data_dir)
+    image_shape = train_set.images.shape[1:]
+    model = build_model(config, image_shape)
+    template = train.create_state(model, optax.adam(config.learning_rate), image_shape, key=jax.random.key(0))
+    with Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints) as checkpoints:
+        epoch = checkpoints.latest_epoch() if epoch is None else epoch
+        if epoch is None:
+            raise ConfigError(f"{workdir} has no checkpoint: train it (or --resume it) first")
+        state, _ = checkpoints.restore(template, epoch)
+    return RestoredRun(config, model, jax.device_get(state.params), epoch, train_set, test_set)

@@ -13,6 +13,8 @@ Conventions, stated once:
 An objective is ``objective(model, params, x, key) -> (loss (N,), metrics)``, with ``x``
 floats in [0, 1] ``(N, H, W, C)`` and ``metrics`` a dict of ``(N,)`` arrays. Every
 objective reports ``mse`` so that models trained on different losses can be compared.
+The built-in ones also take ``inputs=``: what the model reads when it is not ``x``
+itself (noisy or grey images; see :func:`with_inputs`).
 """
 
 from __future__ import annotations
@@ -73,21 +75,46 @@ def negative_elbo(logits: jax.Array, targets: jax.Array, mean: jax.Array, logvar
     return bernoulli_nll(logits, targets) + gaussian_kl(mean, logvar)
 
 
-def reconstruction_objective(model: nn.Module, params, x: jax.Array, key: jax.Array) -> tuple[jax.Array, Metrics]:
-    """Deterministic autoencoders: minimise the MSE per pixel of ``sigmoid(logits)``."""
-    logits = _flat(model.apply(params, x, key=key).logits).astype(jnp.float32)
+def reconstruction_objective(
+    model: nn.Module, params, x: jax.Array, key: jax.Array, *, inputs: jax.Array | None = None
+) -> tuple[jax.Array, Metrics]:
+    """Deterministic autoencoders: minimise the MSE per pixel of ``sigmoid(logits)``.
+
+    The model reads ``inputs`` (default ``x``) and is scored against ``x``.
+    """
+    inputs = x if inputs is None else inputs
+    logits = _flat(model.apply(params, inputs, key=key).logits).astype(jnp.float32)
     mse = squared_error(nn.sigmoid(logits), x)
     return mse, {"mse": mse, "bce": bernoulli_nll(logits, x)}
 
 
-def elbo_objective(model: nn.Module, params, x: jax.Array, key: jax.Array) -> tuple[jax.Array, Metrics]:
-    """Variational autoencoders: minimise ``-ELBO`` with one reparameterized sample."""
-    out = model.apply(params, x, key=key)
+def elbo_objective(
+    model: nn.Module, params, x: jax.Array, key: jax.Array, *, inputs: jax.Array | None = None
+) -> tuple[jax.Array, Metrics]:
+    """Variational autoencoders: minimise ``-ELBO`` with one reparameterized sample.
+
+    The encoder reads ``inputs`` (default ``x``); the likelihood scores ``x``.
+    """
+    out = model.apply(params, x if inputs is None else inputs, key=key)
     logits = _flat(out.logits).astype(jnp.float32)  # losses in float32 whatever the compute dtype
     reconstruction = bernoulli_nll(logits, x)
     kl = gaussian_kl(out.mean.astype(jnp.float32), out.logvar.astype(jnp.float32))
     metrics = {"reconstruction": reconstruction, "kl": kl, "mse": squared_error(nn.sigmoid(logits), x)}
     return reconstruction + kl, metrics
+
+
+def with_inputs(objective: Objective, corrupt: Callable[[jax.Array, jax.Array], jax.Array]) -> Objective:
+    """An objective whose model reads ``corrupt(key, x)`` and is scored against the clean ``x``.
+
+    ``corrupt`` draws from its own key, split from the step's key: denoising and
+    colourisation are this with noise or grey inputs.
+    """
+
+    def corrupted_objective(model: nn.Module, params, x: jax.Array, key: jax.Array) -> tuple[jax.Array, Metrics]:
+        corrupt_key, key = jax.random.split(key)
+        return objective(model, params, x, key, inputs=corrupt(corrupt_key, x))
+
+    return corrupted_objective
 
 
 def objective_for(model: nn.Module) -> Objective:

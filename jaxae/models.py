@@ -139,9 +139,7 @@ class VAE(nn.Module):
         return self.decoder(z).reshape(z.shape[0], *self.image_shape)
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> AutoencoderOutput:
-        mean, logvar = self.encode(x)
-        z = mean if key is None else reparameterize(key, mean, logvar)
-        return AutoencoderOutput(logits=self.decode(z), z=z, mean=mean, logvar=logvar)
+        return variational_call(self, x, key)
 
 
 def _patches(x: jax.Array, size: int, stride: int, out_h: int, out_w: int) -> jax.Array:
@@ -266,7 +264,7 @@ class ConvAutoencoder(nn.Module):
         factor = 2 ** len(self.widths)
         if height % factor or width % factor:
             raise ValueError(
-                f"ConvAutoencoder halves the image {len(self.widths)} times, so height and width "
+                f"{type(self).__name__} halves the image {len(self.widths)} times, so height and width "
                 f"must be multiples of {factor}; got {height}x{width}: use fewer widths"
             )
         super().__post_init__()
@@ -280,11 +278,15 @@ class ConvAutoencoder(nn.Module):
         self.from_code = dense(math.prod(self.feature_shape), self.latent_dim, self.dtype)
         self.up = [ConvTranspose2x(f, dtype=self.dtype) for f in (*reversed(self.widths[:-1]), channels)]
 
-    def encode(self, x: jax.Array) -> jax.Array:
-        """``(N, H, W, C)`` -> ``(N, latent_dim)``."""
+    def features(self, x: jax.Array) -> jax.Array:
+        """The strided convolutions: ``(N, H, W, C)`` -> flattened features ``(N, h * w * widths[-1])``."""
         for conv in self.down:
             x = nn.relu(conv(x))
-        return self.to_code(x.reshape(x.shape[0], -1))
+        return x.reshape(x.shape[0], -1)
+
+    def encode(self, x: jax.Array) -> jax.Array:
+        """``(N, H, W, C)`` -> ``(N, latent_dim)``."""
+        return self.to_code(self.features(x))
 
     def decode(self, z: jax.Array) -> jax.Array:
         """``(N, latent_dim)`` -> logits ``(N, H, W, C)``."""
@@ -300,8 +302,37 @@ class ConvAutoencoder(nn.Module):
         return AutoencoderOutput(logits=self.decode(z), z=z)
 
 
+class ConvVAE(ConvAutoencoder):
+    """Variational autoencoder with the convolutional encoder and decoder of
+    :class:`ConvAutoencoder`: the dense code layer becomes a Gaussian posterior."""
+
+    variational: ClassVar[bool] = True  # encode returns (mean, logvar)
+
+    def setup(self):
+        super().setup()
+        size = math.prod(self.feature_shape)
+        self.to_mean = dense(self.latent_dim, size, self.dtype)
+        self.to_logvar = dense(self.latent_dim, size, self.dtype)
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(N, H, W, C)`` -> (mean, logvar), each ``(N, latent_dim)``."""
+        h = self.features(x)
+        return self.to_mean(h), self.to_logvar(h)
+
+    def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> AutoencoderOutput:
+        return variational_call(self, x, key)
+
+
+def variational_call(model: nn.Module, x: jax.Array, key: jax.Array | None) -> AutoencoderOutput:
+    """Encode to (mean, logvar), sample ``z`` with ``key`` (the mean when None), decode."""
+    mean, logvar = model.encode(x)
+    z = mean if key is None else reparameterize(key, mean, logvar)
+    return AutoencoderOutput(logits=model.decode(z), z=z, mean=mean, logvar=logvar)
+
+
 MODELS: dict[str, type[nn.Module]] = {
     "ae": MLPAutoencoder,
     "vae": VAE,
     "conv_ae": ConvAutoencoder,
+    "conv_vae": ConvVAE,
 }

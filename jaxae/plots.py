@@ -76,12 +76,27 @@ def image_grid(images: np.ndarray, path: str | Path, *, columns: int = 8, title:
 
 def loss_curves(history: Sequence[dict], path: str | Path, *, ylabel: str, title: str = "") -> Path:
     """Train and test loss per epoch from ``fit`` records (keys ``epoch``, ``train_loss``, ``test_loss``)."""
+    epochs = [r["epoch"] for r in history]
+    series = {split: (epochs, [r[f"{split}_loss"] for r in history]) for split in ("train", "test")}
+    return curves(series, path, xlabel="epoch", ylabel=ylabel, title=title)
+
+
+def curves(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    xscale: str = "linear",
+) -> Path:
+    """One line with markers per ``label: (x, y)``, 600x400 pixels."""
     fig = Figure(figsize=(6, 4), dpi=DPI)
     ax = fig.add_subplot()
-    epochs = [r["epoch"] for r in history]
-    for split in ("train", "test"):
-        ax.plot(epochs, [r[f"{split}_loss"] for r in history], marker="o", markersize=3, label=split)
-    ax.set_xlabel("epoch")
+    for label, (x, y) in series.items():
+        ax.plot(x, y, marker="o", markersize=3, label=label)
+    ax.set_xscale(xscale)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -16,7 +16,7 @@ def init(model, shape):
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
 def test_encode_decode_shapes(name, shape):
-    widths = (16, 32) if name == "conv_ae" else (64, 32)
+    widths = (16, 32) if name.startswith("conv") else (64, 32)
     model = models.MODELS[name](image_shape=shape, widths=widths, latent_dim=5)
     params, x = init(model, shape)
     code = model.apply(params, x, method=model.encode)
@@ -31,8 +31,10 @@ def test_encode_decode_shapes(name, shape):
     assert out.logits.shape == x.shape and out.z.shape == (3, 5)
 
 
-def test_vae_noise_comes_from_the_key_only():
-    model = models.VAE(widths=(32,), latent_dim=4)
+@pytest.mark.parametrize(
+    "model", [models.VAE(widths=(32,), latent_dim=4), models.ConvVAE(widths=(8, 16), latent_dim=4)]
+)
+def test_vae_noise_comes_from_the_key_only(model):
     params, x = init(model, (28, 28, 1))
     a = model.apply(params, x, key=jax.random.key(7))
     b = model.apply(params, x, key=jax.random.key(7))
@@ -48,6 +50,19 @@ def test_reparameterize_moments():
     z = jax.vmap(lambda k: models.reparameterize(k, mean, logvar))(jax.random.split(jax.random.key(0), 200_000))
     np.testing.assert_allclose(z.mean(0), mean, atol=0.02)
     np.testing.assert_allclose(z.var(0), jnp.exp(logvar), rtol=0.02)
+
+
+def test_conv_vae_replaces_the_code_layer_by_mean_and_logvar_layers():
+    params, _ = init(models.ConvVAE(), (28, 28, 1))
+    layers = params["params"]
+    assert "to_code" not in layers and layers["to_mean"]["kernel"].shape == layers["to_logvar"]["kernel"].shape
+    assert layers["to_mean"]["kernel"].shape == (7 * 7 * 32, 20)
+    conv_ae_params, _ = init(models.ConvAutoencoder(), (28, 28, 1))
+    assert (
+        jax.tree.reduce(lambda n, p: n + p.size, params, 0)
+        - jax.tree.reduce(lambda n, p: n + p.size, conv_ae_params, 0)
+        == 7 * 7 * 32 * 20 + 20
+    )
 
 
 def test_default_mlp_sizes_match_the_pytorch_examples_vae():

@@ -8,7 +8,7 @@ from jaxae import losses, models, train
 
 
 def small_model(name):
-    widths = (8, 16) if name == "conv_ae" else (64,)
+    widths = (8, 16) if name.startswith("conv") else (64,)
     return models.MODELS[name](widths=widths, latent_dim=8)
 
 
