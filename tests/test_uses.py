@@ -1,0 +1,157 @@
+"""The uses of autoencoders: corruptions, probes, metrics, and each experiment on a tiny run."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import compress, generate
+from jaxae import corruptions, evaluate, losses, models, probe, train
+
+
+def images(shape=(64, 8, 8, 3), seed=0):
+    return jnp.asarray(np.random.default_rng(seed).random(shape), jnp.float32)
+
+
+def test_gaussian_noise_has_the_asked_spread_and_stays_in_range():
+    x = jnp.full((200, 28, 28, 1), 0.5)
+    noisy = corruptions.gaussian_noise(jax.random.key(0), x, 0.1)
+    assert float(noisy.min()) >= 0 and float(noisy.max()) <= 1
+    np.testing.assert_allclose(float(jnp.std(noisy - x)), 0.1, rtol=0.02)
+
+
+def test_salt_and_pepper_hits_the_asked_fraction_of_pixels_with_black_or_white():
+    x = jnp.full((100, 28, 28, 3), 0.5)
+    noisy = corruptions.salt_and_pepper(jax.random.key(0), x, 0.2)
+    hit = np.asarray(noisy[..., 0] != 0.5)
+    np.testing.assert_allclose(hit.mean(), 0.2, atol=0.01)
+    assert set(np.unique(np.asarray(noisy))) == {0.0, 0.5, 1.0}
+    np.testing.assert_array_equal(noisy[..., 0], noisy[..., 2])  # a pixel is hit in every channel
+    np.testing.assert_allclose(float(noisy[hit].mean()), 0.5, atol=0.02)  # salt and pepper, half each
+
+
+def test_grayscale_is_the_luma_repeated_and_refuses_single_channel_images():
+    x = images()
+    grey = corruptions.grayscale(jax.random.key(0), x)
+    expected = 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+    for channel in range(3):
+        np.testing.assert_allclose(grey[..., channel], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="3 channels"):
+        corruptions.grayscale(jax.random.key(0), x[..., :1])
+
+
+def test_with_inputs_feeds_the_corruption_and_scores_the_clean_image():
+    model = models.MLPAutoencoder(image_shape=(8, 8, 3), widths=(16,), latent_dim=4)
+    x = images()
+    params = model.init(jax.random.key(0), x)
+    zeros = losses.with_inputs(losses.reconstruction_objective, lambda key, x: jnp.zeros_like(x))
+    loss, _ = zeros(model, params, x, jax.random.key(1))
+    expected, _ = losses.reconstruction_objective(model, params, x, jax.random.key(1), inputs=jnp.zeros_like(x))
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    clean, _ = losses.reconstruction_objective(model, params, x, jax.random.key(1))
+    assert not np.allclose(loss, clean)
+
+
+def test_psnr_matches_its_definition():
+    target = np.zeros((2, 4, 4, 1))
+    estimate = np.stack([np.full((4, 4, 1), 0.1), np.zeros((4, 4, 1))])
+    np.testing.assert_allclose(evaluate.psnr(estimate, target), [20.0, np.inf])
+
+
+def test_linear_probe_on_pixels_beats_chance_by_far(mnist_train, mnist_test):
+    train_x, test_x = (np.asarray(train.to_float(d.images[:n])) for d, n in ((mnist_train, 5000), (mnist_test, 1000)))
+    classifier = probe.fit_classifier(train_x, mnist_train.labels[:5000], key=jax.random.key(0), epochs=10)
+    assert classifier.accuracy(test_x, mnist_test.labels[:1000]) > 0.8
+    np.testing.assert_allclose(classifier.predict_proba(test_x[:5]).sum(1), 1, rtol=1e-5)
+
+
+def test_quantization_round_trip_error_halves_with_each_bit():
+    codes = np.random.default_rng(0).normal(size=(5000, 6))
+    low, high = compress.code_range(codes)
+    errors = []
+    for bits in (4, 5, 6, 8):
+        restored = compress.dequantize(compress.quantize(codes, low, high, bits), low, high, bits)
+        inside = (codes > low) & (codes < high)
+        error = np.abs(restored - codes)[inside]
+        assert error.max() <= (high - low).max() / (2**bits - 1) / 2 + 1e-6
+        errors.append(error.mean())
+    assert errors == sorted(errors, reverse=True)
+    np.testing.assert_allclose(errors[0] / errors[1], 2, rtol=0.1)
+
+
+def test_classifier_score_spans_one_to_the_class_count():
+    uniform = np.full((100, 10), 0.1)
+    confident_balanced = np.eye(10)[np.arange(100) % 10]
+    assert generate.classifier_score(uniform) == pytest.approx(1.0)
+    assert generate.classifier_score(confident_balanced) == pytest.approx(10.0, rel=1e-6)
+
+
+def test_interpolation_starts_and_ends_at_the_codes():
+    a, b = np.zeros((3, 4)), np.ones((3, 4))
+    path = generate.interpolate(a, b, 5)
+    assert path.shape == (3, 5, 4)
+    np.testing.assert_allclose(path[:, 0], a)
+    np.testing.assert_allclose(path[:, -1], b)
+    np.testing.assert_allclose(path[:, 2], 0.5)
+
+
+def run_use(module, mnist_slice_dir, workdir, *flags):
+    command = [
+        *(sys.executable, "-m", f"experiments.{module}", "--workdir", str(workdir)),
+        *("--dataset", "mnist_slice", "--data-source", "idx", "--data-dir", str(mnist_slice_dir)),
+        *("--batch-size", "32", *flags),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert result.stdout.strip().splitlines()[-1].startswith(f"{module}: ")
+    return summary[module]
+
+
+def test_denoise_experiment_removes_noise(mnist_slice_dir, tmp_path):
+    flags = ("--epochs", "4", "--widths", "8", "16", "--latent-dim", "16")
+    results = run_use("denoise", mnist_slice_dir, tmp_path, *flags)
+    assert results["inputs"] == "gaussian" and results["noise_level"] == 0.5
+    assert results["test_psnr_denoised"] > results["test_psnr_noisy"] + 1.0
+    with Image.open(tmp_path / "figures" / "denoise.png") as image:
+        assert image.size == (640, 400)  # three pairs of rows of 8
+
+
+def test_compress_experiment_loses_quality_as_bits_fall(mnist_slice_dir, tmp_path):
+    flags = ("--epochs", "10", "--widths", "128", "--latent-dim", "8", "--learning-rate", "3e-3")
+    results = run_use("compress", mnist_slice_dir, tmp_path, *flags)
+    assert results["raw_bytes"] == 784 and 50 < results["png_bytes"] < 784
+    assert [results[f"bytes_{b}"] for b in ("float32", "8bit", "6bit", "4bit")] == [32, 8, 6, 4]
+    psnr = [results[f"psnr_{b}"] for b in ("float32", "8bit", "6bit", "4bit")]
+    assert psnr[0] > 13  # the codes carry the digits, not only the mean image (about 12 dB)
+    assert psnr[1] > psnr[0] - 0.005 and psnr[1] > psnr[2] - 0.005 and psnr[2] > psnr[3] + 0.01
+    assert (tmp_path / "figures" / "rate_distortion.png").exists()
+
+
+def test_generate_experiment_scores_its_samples(mnist_slice_dir, tmp_path):
+    results = run_use("generate", mnist_slice_dir, tmp_path, "--epochs", "3", "--widths", "64", "--latent-dim", "4")
+    assert 1 <= results["classifier_score_samples"] <= 10 and 1 <= results["classifier_score_test_images"] <= 10
+    assert sum(results["sample_label_counts"]) == generate.SAMPLES
+    with Image.open(tmp_path / "figures" / "interpolation.png") as image:
+        assert image.size[1] > image.size[0] * 0.5  # 8 rows of 10 steps
+
+
+def test_uses_refuse_what_they_cannot_measure(tmp_path):
+    for module, flags, message in [
+        ("denoise", ["--inputs", "clean"], "error: denoise needs noisy inputs: --inputs gaussian or salt_pepper"),
+        ("generate", ["--model", "ae"], "error: generate samples a prior: use --model vae or conv_vae, not ae"),
+        ("compress", ["--seeds", "2"], "error: compress measures one model: drop --seeds"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", f"experiments.{module}", *flags, "--workdir", str(tmp_path / module)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+        assert not (tmp_path / module).exists()
