@@ -35,9 +35,14 @@ def _flag_type(annotation) -> tuple[type, dict]:
     return hint, {}
 
 
-def build_parser(defaults: Config, description: str) -> argparse.ArgumentParser:
+def build_parser(
+    defaults: Config, description: str, name: str | None = None, fixed: tuple[str, ...] = ()
+) -> argparse.ArgumentParser:
+    """Flags for every Config field but the ``fixed`` ones; ``--workdir`` defaults to ``runs/<name>``."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     for field in dataclasses.fields(Config):
+        if field.name in fixed:
+            continue
         kind, extra = _flag_type(field.type)
         if kind is not bool:
             extra["type"] = kind
@@ -48,7 +53,7 @@ def build_parser(defaults: Config, description: str) -> argparse.ArgumentParser:
             help=f"{field.metadata['help']} (default: {default})",
             **extra,
         )
-    parser.add_argument("--workdir", default=f"runs/{defaults.model}", help="where the run's files go")
+    parser.add_argument("--workdir", default=f"runs/{name or defaults.model}", help="where the run's files go")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="delete a previous run in --workdir first")
     launch = parser.add_argument_group(
@@ -124,7 +129,7 @@ class Use:
 
 def main(defaults: Config, description: str, argv: list[str] | None = None, use: Use | None = None) -> int:
     """Parses flags over ``defaults``, runs the experiment, prints its summary; returns the exit code."""
-    args = vars(build_parser(defaults, description).parse_args(argv))
+    args = vars(build_parser(defaults, description, use and use.name).parse_args(argv))
     workdir, resume, overwrite = args.pop("workdir"), args.pop("resume"), args.pop("overwrite")
     launch = {name: args.pop(name) for name in LAUNCH_FLAGS}
     config = dataclasses.replace(defaults, **{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
@@ -185,3 +190,59 @@ def _fmt_value(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_fmt_value(v) for v in value) + "]"
     return str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """A use measured on several models trained side by side, each a run in ``workdir/<variant>``.
+
+    ``variants(config, args)`` names the configs to train (from the flags' config and the
+    study's own flags, added by ``flags(parser)``); ``analyse(runs, workdir, args)`` gets
+    them restored, writes ``workdir/figures`` and returns the figures for ``summary.json``.
+    """
+
+    name: str
+    variants: Callable[[Config, argparse.Namespace], dict[str, Config]]
+    analyse: Callable[[dict[str, RestoredRun], Path, argparse.Namespace], dict]
+    flags: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    fixed: tuple[str, ...] = ("model", "seeds")  # Config fields the study sets itself
+
+
+def main_study(defaults: Config, description: str, study: Study, argv: list[str] | None = None) -> int:
+    """Trains every variant (resumable, like one run each), then measures them together."""
+    parser = build_parser(defaults, description, study.name, study.fixed)
+    study.flags(parser)
+    args = parser.parse_args(argv)
+    values = vars(args)
+    fields = {f.name for f in dataclasses.fields(Config)} - set(study.fixed)
+    config = dataclasses.replace(
+        defaults, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields}
+    )
+    workdir = Path(args.workdir)
+    try:
+        variants = study.variants(config, args)
+        join_processes({name: values[name] for name in LAUNCH_FLAGS})
+        speaks = parallel.is_primary()
+        for name, variant in variants.items():
+            if speaks:
+                print(f"{study.name}: training {name} ({variant.model}, {variant.latent_dim}-d code)", flush=True)
+            progress = Progress(variant.epochs)
+            train_and_evaluate(
+                variant,
+                workdir / name,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                log=lambda m: print(m, flush=True) if speaks else None,
+                on_epoch=progress if speaks else lambda record: None,
+            )
+            progress.close()
+        if not speaks:
+            return 0
+        runs = {name: restore_run(workdir / name) for name in variants}
+        results = study.analyse(runs, workdir, args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    atomic_write_text(workdir / "summary.json", json.dumps({study.name: results}, indent=2))
+    print(f"{study.name}: " + ", ".join(f"{name} {_fmt_value(value)}" for name, value in results.items()))
+    return 0

@@ -6,6 +6,7 @@ whole test set fits in memory whatever the model.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -45,3 +46,28 @@ def encode(model: nn.Module, params, x: np.ndarray) -> np.ndarray:
 def decode(model: nn.Module, params, z: np.ndarray) -> np.ndarray:
     """Pixel means ``(N, H, W, C)`` of codes ``(N, latent_dim)``."""
     return batched(lambda batch: jax.nn.sigmoid(model.apply(params, batch, method=model.decode)), z)
+
+
+@dataclasses.dataclass(frozen=True)
+class PCA:
+    """Principal component analysis, the linear baseline for codes: ``x ~ mean + z @ components``."""
+
+    mean: np.ndarray  # (P,)
+    components: np.ndarray  # (D, P), orthonormal rows, by decreasing variance
+
+    @classmethod
+    def fit(cls, x: np.ndarray, dim: int) -> PCA:
+        """The top ``dim`` components of ``x (N, ...)``, flattened per example."""
+        flat = np.asarray(x, np.float64).reshape(len(x), -1)
+        mean = flat.mean(0)
+        covariance = np.cov(flat - mean, rowvar=False)
+        _, vectors = np.linalg.eigh(covariance)  # ascending eigenvalues
+        return cls(mean.astype(np.float32), vectors[:, ::-1][:, :dim].T.astype(np.float32))
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """``(N, ...)`` -> codes ``(N, dim)``."""
+        return (np.asarray(x, np.float32).reshape(len(x), -1) - self.mean) @ self.components.T
+
+    def decode(self, z: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """Codes ``(N, dim)`` -> images ``(N, *shape)``, clipped to [0, 1]."""
+        return np.clip(z @ self.components + self.mean, 0.0, 1.0).reshape(len(z), *shape)

@@ -121,3 +121,18 @@ def _save(fig: Figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     return path
+
+
+def code_scatter(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *, title: str = "") -> Path:
+    """Side-by-side scatter plots of 2-D codes ``(N, 2)`` coloured by integer label ``(N,)``."""
+    fig = Figure(figsize=(4 * len(panels), 4.4), dpi=DPI)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (label, (codes, labels)) in zip(axes, panels.items(), strict=True):
+        points = ax.scatter(codes[:, 0], codes[:, 1], c=labels, cmap="tab10", s=2, vmin=-0.5, vmax=9.5)
+        ax.set_title(label, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(points, ax=list(axes), ticks=range(10), fraction=0.02)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

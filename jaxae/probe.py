@@ -8,6 +8,7 @@ trained with Adam on the softmax cross-entropy, full passes in a jitted ``lax.sc
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import jax
@@ -42,6 +43,7 @@ def fit_classifier(
     key: jax.Array,
     hidden: Sequence[int] = (),
     epochs: int = 20,
+    min_steps: int = 2000,
     batch_size: int = 256,
     learning_rate: float = 1e-3,
     num_classes: int | None = None,
@@ -52,6 +54,7 @@ def fit_classifier(
         features: ``(N, ...)`` floats, flattened per example.
         labels: ``(N,)`` integer classes.
         key: the initialisation and shuffling key.
+        epochs: passes over the data, raised until there are ``min_steps`` updates.
     """
     x = np.asarray(features, np.float32).reshape(len(features), -1)
     labels = np.asarray(labels, np.int32)
@@ -59,6 +62,7 @@ def fit_classifier(
     mean, scale = x.mean(0), x.std(0) + 1e-6
     x = jnp.asarray((x - mean) / scale)
     model = models.MLP((*hidden, num_classes))
+    epochs = max(epochs, math.ceil(min_steps / math.ceil(len(x) / batch_size)))
     init_key, order_key = jax.random.split(key)
     params = model.init(init_key, x[:1])
     tx = optax.adam(learning_rate)
