@@ -221,6 +221,11 @@ def train_and_evaluate(
     test_set = data.load(config.dataset, "test", config.data_source, config.data_dir)
     log(train_set.describe())
     log(test_set.describe())
+    if config.inputs == "grayscale" and train_set.images.shape[-1] != 3:
+        raise ConfigError(
+            f"--inputs grayscale needs colour images and {config.dataset} has {train_set.images.shape[-1]} channel(s): "
+            f"use --dataset colored_mnist, or a colour TFDS dataset such as cifar10"
+        )
     if config.batch_size > len(train_set):
         raise ConfigError(f"--batch-size {config.batch_size} exceeds the {len(train_set)} training images")
     mesh = parallel.data_mesh()

@@ -1,5 +1,6 @@
 """The uses of autoencoders: corruptions, probes, metrics, and each experiment on a tiny run."""
 
+import colorsys
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from experiments import compress, generate
-from jaxae import corruptions, evaluate, losses, models, probe, train
+from jaxae import corruptions, data, evaluate, losses, models, probe, train
 
 
 def images(shape=(64, 8, 8, 3), seed=0):
@@ -155,3 +156,73 @@ def test_uses_refuse_what_they_cannot_measure(tmp_path):
         )
         assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
         assert not (tmp_path / module).exists()
+
+
+def test_colored_mnist_tints_each_digit_by_its_label_and_is_deterministic(mnist_slice_dir):
+    a = data.load("colored_mnist_slice", "train", "idx", mnist_slice_dir)
+    b = data.load("colored_mnist_slice", "train", "idx", mnist_slice_dir)
+    grey = data.load("mnist_slice", "train", "idx", mnist_slice_dir)
+    assert a.images.shape == (512, 28, 28, 3) and a.images.dtype == np.uint8
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.labels, grey.labels)
+    np.testing.assert_array_equal(a.images.max(-1) == 0, grey.images[..., 0] == 0)  # strokes coloured, background black
+    hues = []
+    for image in a.images.astype(float):
+        r, g, b_ = (image[..., c].sum() for c in range(3))
+        hues.append(colorsys.rgb_to_hsv(r, g, b_)[0])
+    hues = np.asarray(hues)
+    for label in range(10):
+        distance = np.abs((hues[a.labels == label] - label / 10 + 0.5) % 1 - 0.5)
+        assert np.median(distance) < 0.04, label
+
+
+def test_colorize_needs_colour_images(mnist_slice_dir, tmp_path):
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "experiments.colorize", "--workdir", str(tmp_path / "run")),
+            *("--dataset", "mnist_slice", "--data-source", "idx", "--data-dir", str(mnist_slice_dir)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --inputs grayscale needs colour images and mnist_slice has 1 channel(s)")
+
+
+def test_colorize_experiment_reports_psnr_against_both_baselines(mnist_slice_dir, tmp_path):
+    flags = ("--dataset", "colored_mnist_slice", "--epochs", "2", "--widths", "8", "16", "--latent-dim", "8")
+    results = run_use("colorize", mnist_slice_dir, tmp_path, *flags)
+    colour = data.load("colored_mnist_slice", "test", "idx", mnist_slice_dir).images / 255.0
+    grey = np.repeat((colour @ np.asarray(corruptions.LUMA))[..., None], 3, -1)
+    assert results["test_psnr_grey"] == pytest.approx(float(evaluate.psnr(grey, colour).mean()), rel=1e-5)
+    assert results["test_psnr_mean_colour"] > results["test_psnr_grey"]  # the mean tint is closer than grey
+    assert 5 < results["test_psnr_colourised"] < 60
+    with Image.open(tmp_path / "figures" / "colorize.png") as image:
+        assert image.mode in ("RGB", "RGBA")
+
+
+def test_latent_study_probes_2d_codes_against_pca(mnist_slice_dir, tmp_path):
+    results = run_use("latent", mnist_slice_dir, tmp_path, "--epochs", "3", "--widths", "64")
+    assert results["latent_dim"] == 2
+    for name in ("ae", "vae", "pca"):
+        assert 0 < results[f"test_mse_{name}"] < 0.12
+        assert 0 <= results[f"probe_accuracy_{name}"] <= 1
+    assert results["probe_accuracy_pca"] > 0.25  # chance is 0.1
+    for figure in ("latent_codes.png", "vae_manifold.png"):
+        assert (tmp_path / "figures" / figure).exists()
+    assert json.loads((tmp_path / "vae" / "config.json").read_text())["latent_dim"] == 2  # each model is a full run
+
+
+def test_features_study_probes_each_model_and_size(mnist_slice_dir, tmp_path):
+    flags = ("--epochs", "2", "--models", "ae", "--latent-dims", "4", "16")
+    results = run_use("features", mnist_slice_dir, tmp_path, *flags)
+    assert set(results) == {
+        "probe_accuracy_pixels",
+        "probe_accuracy_pca_4",
+        "probe_accuracy_pca_16",
+        "probe_accuracy_ae_4",
+        "probe_accuracy_ae_16",
+    }
+    assert results["probe_accuracy_pixels"] > 0.7 and results["probe_accuracy_pca_16"] > 0.5
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["ae_16", "ae_4", "figures"]
