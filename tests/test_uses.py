@@ -9,10 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
-from experiments import compress, generate
-from jaxae import corruptions, data, evaluate, losses, models, probe, train
+from experiments import colorize, compress, generate
+from experiments.common import Use, main
+from jaxae import corruptions, data, evaluate, losses, models, plots, probe, train
 
 
 def images(shape=(64, 8, 8, 3), seed=0):
@@ -226,3 +228,23 @@ def test_features_study_probes_each_model_and_size(mnist_slice_dir, tmp_path):
     }
     assert results["probe_accuracy_pixels"] > 0.7 and results["probe_accuracy_pca_16"] > 0.5
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["ae_16", "ae_4", "figures"]
+
+
+def test_colorize_runs_on_a_tfds_colour_dataset(empty_cache, tmp_path, capsys):
+    flags = [*("--dataset", "cifar10", "--data-source", "tfds", "--workdir", str(tmp_path)), "--epochs", "1"]
+    flags += [*("--batch-size", "16", "--widths", "8", "16", "--latent-dim", "8")]
+    with tfds.testing.mock_data(num_examples=64):
+        code = main(colorize.DEFAULTS, "", flags, use=Use("colorize", colorize.analyse, colorize.check))
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "summary.json").read_text())["colorize"]
+    assert results["dataset"] == "cifar10" and np.isfinite(results["test_psnr_colourised"])
+    with Image.open(tmp_path / "figures" / "colorize.png") as image:
+        assert image.size == plots.grid_size(6, 8)
+
+
+def test_colorize_on_an_absent_tfds_dataset_says_how_to_get_it(empty_cache, tmp_path, capsys):
+    flags = ["--dataset", "cifar10", "--data-source", "tfds", "--workdir", str(tmp_path / "run")]
+    code = main(colorize.DEFAULTS, "", flags, use=Use("colorize", colorize.analyse, colorize.check))
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith("error: ") and 'pip install "jaxae[tf]"' in error
+    assert not (tmp_path / "run").exists()
