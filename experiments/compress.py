@@ -66,9 +66,9 @@ def analyse(run: RestoredRun, workdir: Path) -> dict:
     plots.curves(
         {f"{run.config.model} codes ({dim}-d)": (list(rates.values()), list(psnrs.values()))},
         workdir / "figures" / "rate_distortion.png",
-        xlabel="bytes per image",
+        xlabel=f"bytes per image (raw pixels {raw}, lossless PNG {png:.0f})",
         ylabel="test PSNR (dB)",
-        title=f"float32, {', '.join(map(str, BITS))} bits per dimension; raw {raw} B, PNG {png:.0f} B (lossless)",
+        title=f"codes in float32 and {', '.join(map(str, BITS))} bits per dimension",
         xscale="log",
     )
     rows = [("original", test[:16])] + [(f"{b} bits" if b < 32 else "float32", decoded[b][:16]) for b in decoded]

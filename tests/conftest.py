@@ -1,12 +1,19 @@
 """Shared fixtures: real MNIST (cached after the first load) and small slices of it."""
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
+# One XLA compilation cache for the whole session, subprocesses included: many tests
+# compile the same small programs. Set before jax is imported, as jax reads it then.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxae-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
-from jaxae import data
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from jaxae import data  # noqa: E402
 
 
 @pytest.fixture(scope="session")
