@@ -46,3 +46,8 @@ CORRUPTIONS: dict[str, Corruption] = {
     "salt_pepper": salt_and_pepper,
     "grayscale": grayscale,
 }
+
+
+def binarize(key: jax.Array, x: jax.Array) -> jax.Array:
+    """Each pixel ``1`` with probability its grey level, else ``0`` (dynamic binarization)."""
+    return jax.random.bernoulli(key, x).astype(x.dtype)

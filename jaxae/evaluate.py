@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxae import losses
+
 
 def psnr(estimate: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Peak signal-to-noise ratio in dB for images in [0, 1]: ``(N, ...)`` pairs -> ``(N,)``.
@@ -46,6 +48,58 @@ def encode(model: nn.Module, params, x: np.ndarray) -> np.ndarray:
 def decode(model: nn.Module, params, z: np.ndarray) -> np.ndarray:
     """Pixel means ``(N, H, W, C)`` of codes ``(N, latent_dim)``."""
     return batched(lambda batch: jax.nn.sigmoid(model.apply(params, batch, method=model.decode)), z)
+
+
+def log_normal(z: jax.Array, mean: jax.Array | float = 0.0, logvar: jax.Array | float = 0.0) -> jax.Array:
+    """``log N(z; mean, exp(logvar))`` of a diagonal Gaussian, summed over the last axis."""
+    return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + logvar + (z - mean) ** 2 * jnp.exp(-logvar), axis=-1)
+
+
+def importance_weighted_nll(
+    model: nn.Module, params, x: jax.Array, key: jax.Array, *, samples: int, chunk: int = 500
+) -> jax.Array:
+    """Burda et al.'s (2015) importance-weighted estimate of ``-log p(x)`` in nats, ``(N,)``.
+
+    ``-log (1/k sum_i p(x|z_i) p(z_i) / q(z_i|x))`` with ``k = samples`` draws
+    ``z_i ~ q(z|x)``: an upper bound on the NLL that tightens as ``k`` grows; ``k = 1``
+    is a one-sample estimate of ``-ELBO``. The draws go in chunks of ``chunk``, combined
+    with a running log-sum-exp, so memory does not grow with ``k``.
+
+    Args:
+        model: a variational model (``encode`` gives mean and log-variance).
+        x: images in [0, 1] ``(N, H, W, C)``, scored under the Bernoulli decoder.
+        key: the draws' key; chunk ``c`` uses ``split(key, samples // chunk)[c]``.
+    """
+    chunk = min(chunk, samples)
+    if samples % chunk:
+        raise ValueError(f"samples {samples} must be a multiple of chunk {chunk}")
+    mean, logvar = model.apply(params, x, method=model.encode)
+    n, dim = mean.shape
+    targets = jnp.broadcast_to(x.reshape(1, n, -1), (chunk, n, x[0].size)).reshape(chunk * n, -1)
+
+    def log_weights(chunk_key: jax.Array) -> jax.Array:
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(chunk_key, (chunk, n, dim), mean.dtype)
+        logits = model.apply(params, z.reshape(chunk * n, dim), method=model.decode).reshape(chunk * n, -1)
+        log_likelihood = -losses.bernoulli_nll(logits.astype(jnp.float32), targets).reshape(chunk, n)
+        return log_likelihood + log_normal(z) - log_normal(z, mean, logvar)
+
+    def body(total: jax.Array, chunk_key: jax.Array):
+        return jnp.logaddexp(total, jax.scipy.special.logsumexp(log_weights(chunk_key), axis=0)), None
+
+    total, _ = jax.lax.scan(body, jnp.full(n, -jnp.inf), jax.random.split(key, samples // chunk))
+    return jnp.log(samples) - total
+
+
+def dataset_nll(
+    model: nn.Module, params, images: np.ndarray, key: jax.Array, *, samples: int, batch_size: int = 100
+) -> np.ndarray:
+    """:func:`importance_weighted_nll` of every image ``(N,)``; batch ``b`` draws with ``fold_in(key, b)``."""
+    nll = jax.jit(lambda x, k: importance_weighted_nll(model, params, x, k, samples=samples))
+    batches = [
+        nll(jnp.asarray(images[start : start + batch_size]), jax.random.fold_in(key, b))
+        for b, start in enumerate(range(0, len(images), batch_size))
+    ]
+    return np.concatenate([np.asarray(batch) for batch in batches])
 
 
 @dataclasses.dataclass(frozen=True)

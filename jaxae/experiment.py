@@ -64,6 +64,7 @@ class Config:
     seeds: int = _field(1, "train this many models at once (jax.vmap), seeds seed .. seed+N-1, each in seed_<s>/")
     inputs: str = _field("clean", "what the model reads: clean, or " + ", ".join(corruptions.CORRUPTIONS))
     noise_level: float = _field(0.5, "Gaussian sigma, or the salt-and-pepper fraction of pixels")
+    binarize: str = _field("none", "none, or dynamic: training pixels ~ Bernoulli(grey) at each step, test set once")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,6 +84,8 @@ RESUMABLE_FIELDS = frozenset({"epochs", "plot_epochs", "data_source", "data_dir"
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+BINARIZATIONS = ("none", "dynamic")
+TEST_BINARIZATION_KEY = 2015  # one binarized test set shared by every run, whatever its seed
 
 
 def validate(config: Config) -> None:
@@ -105,6 +108,8 @@ def validate(config: Config) -> None:
     limit = 1.0 if config.inputs == "salt_pepper" else math.inf
     if not (0 <= config.noise_level <= limit):
         raise ConfigError(f"--noise-level must be in [0, {limit}] for {config.inputs} inputs, got {config.noise_level}")
+    if config.binarize not in BINARIZATIONS:
+        raise ConfigError(f"unknown --binarize {config.binarize!r}: use one of {', '.join(BINARIZATIONS)}")
     if config.data_source not in data.SOURCES:
         raise ConfigError(f"unknown --data-source {config.data_source!r}: use one of {', '.join(data.SOURCES)}")
 
@@ -135,7 +140,24 @@ def build_objective(config: Config, model) -> losses.Objective:
     """The model's objective, reading corrupted inputs when ``config.inputs`` asks for them."""
     objective = losses.objective_for(model)
     corrupt = corrupt_function(config)
-    return objective if corrupt is None else losses.with_inputs(objective, corrupt)
+    objective = objective if corrupt is None else losses.with_inputs(objective, corrupt)
+    return losses.binarized(objective) if config.binarize == "dynamic" else objective
+
+
+def load_data(config: Config) -> tuple[data.Dataset, data.Dataset]:
+    """The run's train and test sets; with ``--binarize dynamic`` the test set binarized once."""
+    train_set = data.load(config.dataset, "train", config.data_source, config.data_dir)
+    test_set = data.load(config.dataset, "test", config.data_source, config.data_dir)
+    if config.binarize == "dynamic":
+        test_set = dataclasses.replace(test_set, images=binarize_test_set(test_set.images))
+    return train_set, test_set
+
+
+def binarize_test_set(images: np.ndarray) -> np.ndarray:
+    """uint8 images -> uint8 0/255, each pixel on with probability its grey level, drawn
+    once with :data:`TEST_BINARIZATION_KEY`."""
+    key = jax.random.key(TEST_BINARIZATION_KEY)
+    return np.asarray(corruptions.binarize(key, train.to_float(jnp.asarray(images))) * 255).astype(np.uint8)
 
 
 def check_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: bool) -> None:
@@ -217,8 +239,7 @@ def train_and_evaluate(
     started = time.perf_counter()
     workdir = Path(workdir)
     validate(config)
-    train_set = data.load(config.dataset, "train", config.data_source, config.data_dir)
-    test_set = data.load(config.dataset, "test", config.data_source, config.data_dir)
+    train_set, test_set = load_data(config)
     log(train_set.describe())
     log(test_set.describe())
     if config.inputs == "grayscale" and train_set.images.shape[-1] != 3:
@@ -432,8 +453,7 @@ def restore_run(workdir: str | Path, epoch: int | None = None) -> RestoredRun:
         config = Config.from_json(json.loads((workdir / "config.json").read_text()))
     except FileNotFoundError:
         raise ConfigError(f"{workdir} holds no run (no config.json): train one there first") from None
-    train_set = data.load(config.dataset, "train", config.data_source, config.data_dir)
-    test_set = data.load(config.dataset, "test", config.data_source, config.data_dir)
+    train_set, test_set = load_data(config)
     image_shape = train_set.images.shape[1:]
     model = build_model(config, image_shape)
     template = train.create_state(model, optax.adam(config.learning_rate), image_shape, key=jax.random.key(0))

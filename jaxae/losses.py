@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxae import corruptions
+
 Metrics = dict[str, jax.Array]
 Objective = Callable[[nn.Module, dict, jax.Array, jax.Array], tuple[jax.Array, Metrics]]
 
@@ -115,6 +117,20 @@ def with_inputs(objective: Objective, corrupt: Callable[[jax.Array, jax.Array], 
         return objective(model, params, x, key, inputs=corrupt(corrupt_key, x))
 
     return corrupted_objective
+
+
+def binarized(objective: Objective) -> Objective:
+    """An objective on images binarized afresh at each call: pixel ~ Bernoulli(grey level).
+
+    Images that are already binary pass unchanged, so a test set binarized once can be
+    scored with the same objective.
+    """
+
+    def binarized_objective(model: nn.Module, params, x: jax.Array, key: jax.Array) -> tuple[jax.Array, Metrics]:
+        binarize_key, key = jax.random.split(key)
+        return objective(model, params, corruptions.binarize(binarize_key, x), key)
+
+    return binarized_objective
 
 
 def objective_for(model: nn.Module) -> Objective:

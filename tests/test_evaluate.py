@@ -1,0 +1,102 @@
+"""The importance-weighted NLL against the ELBO and an exact marginal likelihood; binarization."""
+
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxae import corruptions, evaluate, experiment, losses, models, train
+
+
+@pytest.fixture(scope="module")
+def vae_and_images(mnist_test):
+    model = models.VAE(widths=(64,), latent_dim=4)
+    x = train.to_float(jnp.asarray(mnist_test.images[:40]))
+    return model, model.init(jax.random.key(0), x), x
+
+
+def test_one_sample_bound_is_the_one_sample_elbo(vae_and_images):
+    model, params, x = vae_and_images
+    key = jax.random.key(3)
+    nll = evaluate.importance_weighted_nll(model, params, x, key, samples=1)
+    mean, logvar = model.apply(params, x, method=model.encode)
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.split(key, 1)[0], (1, *mean.shape))[0]
+    logits = model.apply(params, z, method=model.decode)
+    elbo = -losses.bernoulli_nll(logits, x) + evaluate.log_normal(z) - evaluate.log_normal(z, mean, logvar)
+    np.testing.assert_allclose(nll, -elbo, rtol=1e-5)
+
+
+def test_one_sample_bound_averages_to_the_analytic_elbo(vae_and_images):
+    model, params, x = vae_and_images
+    keys = jax.random.split(jax.random.key(0), 500)
+    draws = jax.vmap(lambda k: evaluate.importance_weighted_nll(model, params, x, k, samples=1))(keys)
+    negative_elbo = jnp.mean(
+        jax.vmap(lambda k: losses.elbo_objective(model, params, x, k)[0])(keys), axis=0
+    )  # analytic KL, sampled reconstruction
+    standard_error = jnp.std(draws, axis=0) / np.sqrt(len(keys))
+    assert float(jnp.max(jnp.abs(draws.mean(0) - negative_elbo) / (standard_error + 1e-3))) < 4.5
+
+
+def test_bound_tightens_as_samples_grow(vae_and_images):
+    model, params, x = vae_and_images
+    means = [
+        float(evaluate.importance_weighted_nll(model, params, x, jax.random.key(1), samples=k, chunk=50).mean())
+        for k in (1, 10, 100, 1000)
+    ]
+    assert means == sorted(means, reverse=True) and means[0] - means[-1] > 0.1
+
+
+def test_estimate_converges_to_the_exact_marginal_likelihood():
+    """Three binary pixels, a 1-d code: log p(x) = log ∫ p(x|z) N(z; 0, 1) dz by quadrature."""
+    model = models.VAE(image_shape=(1, 3, 1), widths=(8,), latent_dim=1)
+    images = jnp.asarray(list(itertools.product([0.0, 1.0], repeat=3))).reshape(8, 1, 3, 1)
+    params = model.init(jax.random.key(5), images)
+    points, step = 40_001, 20 / 40_000
+    grid = jnp.linspace(-10, 10, points)[:, None]
+    logits = model.apply(params, grid, method=model.decode).reshape(points, 1, 3)
+    targets = images.reshape(8, 3)
+    log_joint = -jax.vmap(lambda row: losses.bernoulli_nll(jnp.broadcast_to(row, (8, 3)), targets))(logits)
+    log_joint = log_joint + evaluate.log_normal(grid)[:, None]
+    exact = -(jax.scipy.special.logsumexp(log_joint, axis=0) + np.log(step))
+    np.testing.assert_allclose(float(jnp.sum(jnp.exp(-exact))), 1.0, rtol=1e-4)  # a distribution over 8 images
+    estimate = evaluate.importance_weighted_nll(model, params, images, jax.random.key(0), samples=20_000, chunk=2000)
+    np.testing.assert_allclose(estimate, exact, atol=0.01)
+    one_sample = evaluate.importance_weighted_nll(model, params, images, jax.random.key(0), samples=1)
+    assert float(jnp.mean(one_sample - exact)) > float(jnp.mean(estimate - exact))
+
+
+def test_dataset_nll_covers_every_image_with_its_own_draws(vae_and_images):
+    model, params, x = vae_and_images
+    nll = evaluate.dataset_nll(model, params, np.asarray(x), jax.random.key(0), samples=10, batch_size=16)
+    assert nll.shape == (40,) and np.all(np.isfinite(nll))
+    first_key = jax.random.fold_in(jax.random.key(0), 0)
+    first = evaluate.importance_weighted_nll(model, params, x[:16], first_key, samples=10)
+    np.testing.assert_allclose(nll[:16], first, rtol=1e-5)
+
+
+def test_binarization_draws_bernoulli_pixels_and_keeps_binary_images(mnist_test):
+    x = train.to_float(jnp.asarray(mnist_test.images[:200]))
+    binary = corruptions.binarize(jax.random.key(0), x)
+    assert set(np.unique(np.asarray(binary))) == {0.0, 1.0}
+    np.testing.assert_allclose(float(binary.mean()), float(x.mean()), rtol=0.03)
+    np.testing.assert_array_equal(corruptions.binarize(jax.random.key(1), binary), binary)
+    model = models.VAE(widths=(32,), latent_dim=4)
+    params = model.init(jax.random.key(0), x)
+    objective = losses.binarized(losses.elbo_objective)
+    on_binary, _ = objective(model, params, binary, jax.random.key(2))
+    direct, _ = losses.elbo_objective(model, params, binary, jax.random.split(jax.random.key(2))[1])
+    np.testing.assert_allclose(on_binary, direct, rtol=1e-6)
+
+
+def test_dynamic_binarization_binarizes_the_test_set_once(slice_config):
+    config = dataclasses.replace(slice_config, binarize="dynamic")
+    (_, test_a), (_, test_b) = experiment.load_data(config), experiment.load_data(dataclasses.replace(config, seed=9))
+    assert set(np.unique(test_a.images)) == {0, 255}
+    np.testing.assert_array_equal(test_a.images, test_b.images)  # the same for every run
+    grey = experiment.load_data(slice_config)[1].images
+    np.testing.assert_allclose(test_a.images.mean(), grey.mean(), rtol=0.05)
+    with pytest.raises(experiment.ConfigError, match="--binarize"):
+        experiment.validate(dataclasses.replace(slice_config, binarize="static"))
