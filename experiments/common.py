@@ -197,13 +197,14 @@ class Study:
     """A use measured on several models trained side by side, each a run in ``workdir/<variant>``.
 
     ``variants(config, args)`` names the configs to train (from the flags' config and the
-    study's own flags, added by ``flags(parser)``); ``analyse(runs, workdir, args)`` gets
-    them restored, writes ``workdir/figures`` and returns the figures for ``summary.json``.
+    study's own flags, added by ``flags(parser)``); ``analyse(variants, workdir, args)``
+    measures the trained runs (:func:`jaxae.experiment.restore_run` reads one back),
+    writes ``workdir/figures`` and returns the figures for ``summary.json``.
     """
 
     name: str
     variants: Callable[[Config, argparse.Namespace], dict[str, Config]]
-    analyse: Callable[[dict[str, RestoredRun], Path, argparse.Namespace], dict]
+    analyse: Callable[[dict[str, Config], Path, argparse.Namespace], dict]
     flags: Callable[[argparse.ArgumentParser], None] = lambda parser: None
     fixed: tuple[str, ...] = ("model", "seeds")  # Config fields the study sets itself
 
@@ -238,8 +239,7 @@ def main_study(defaults: Config, description: str, study: Study, argv: list[str]
             progress.close()
         if not speaks:
             return 0
-        runs = {name: restore_run(workdir / name) for name in variants}
-        results = study.analyse(runs, workdir, args)
+        results = study.analyse(variants, workdir, args)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

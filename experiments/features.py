@@ -18,7 +18,7 @@ import numpy as np
 from experiments.common import Study, main_study
 from experiments.latent import probe_accuracy
 from jaxae import evaluate, models, plots, train
-from jaxae.experiment import Config, ConfigError, RestoredRun
+from jaxae.experiment import Config, ConfigError, restore_run
 
 DEFAULTS = Config(epochs=5, plot_epochs=())
 WIDTHS = {"ae": (400,), "vae": (400,), "conv_ae": (16, 32), "conv_vae": (16, 32)}
@@ -40,7 +40,8 @@ def variants(config: Config, args: argparse.Namespace) -> dict[str, Config]:
     }
 
 
-def analyse(runs: dict[str, RestoredRun], workdir: Path, args: argparse.Namespace) -> dict:
+def analyse(variants: dict[str, Config], workdir: Path, args: argparse.Namespace) -> dict:
+    runs = {name: restore_run(workdir / name) for name in variants}
     first = next(iter(runs.values()))
     train_set, test_set, seed = first.train_set, first.test_set, first.config.seed
     labels = (train_set.labels, test_set.labels)

@@ -21,7 +21,7 @@ import numpy as np
 
 from experiments.common import Study, main_study
 from jaxae import evaluate, plots, probe, train
-from jaxae.experiment import Config, RestoredRun
+from jaxae.experiment import Config, restore_run
 
 DEFAULTS = Config(epochs=10, latent_dim=2, plot_epochs=())
 LATTICE = 20
@@ -37,7 +37,8 @@ def probe_accuracy(codes: tuple[np.ndarray, np.ndarray], labels: tuple[np.ndarra
     return classifier.accuracy(codes[1], labels[1])
 
 
-def analyse(runs: dict[str, RestoredRun], workdir: Path, args: argparse.Namespace) -> dict:
+def analyse(variants: dict[str, Config], workdir: Path, args: argparse.Namespace) -> dict:
+    runs = {name: restore_run(workdir / name) for name in variants}
     any_run = runs["vae"]
     train_set, test_set, dim = any_run.train_set, any_run.test_set, any_run.config.latent_dim
     train_x, test_x = (np.asarray(train.to_float(s.images)) for s in (train_set, test_set))

@@ -89,13 +89,20 @@ def curves(
     ylabel: str,
     title: str = "",
     xscale: str = "linear",
+    yscale: str = "linear",
+    spreads: dict[str, Sequence[float]] | None = None,
 ) -> Path:
-    """One line with markers per ``label: (x, y)``, 600x400 pixels."""
+    """One line with markers per ``label: (x, y)``, 600x400 pixels; ``spreads[label]``
+    shades ``y ± spread`` (for example a standard deviation over seeds)."""
     fig = Figure(figsize=(6, 4), dpi=DPI)
     ax = fig.add_subplot()
     for label, (x, y) in series.items():
-        ax.plot(x, y, marker="o", markersize=3, label=label)
+        (line,) = ax.plot(x, y, marker="o", markersize=3, label=label)
+        if spreads and label in spreads:
+            y, spread = np.asarray(y), np.asarray(spreads[label])
+            ax.fill_between(x, y - spread, y + spread, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xscale(xscale)
+    ax.set_yscale(yscale)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from experiments import colorize, compress, generate
+from experiments import colorize, compare, compress, generate
 from experiments.common import Use, main
 from jaxae import corruptions, data, evaluate, losses, models, plots, probe, train
 
@@ -248,3 +248,29 @@ def test_colorize_on_an_absent_tfds_dataset_says_how_to_get_it(empty_cache, tmp_
     error = capsys.readouterr().err
     assert code == 2 and error.startswith("error: ") and 'pip install "jaxae[tf]"' in error
     assert not (tmp_path / "run").exists()
+
+
+def test_nll_study_reports_a_bound_below_the_elbo(mnist_slice_dir, tmp_path):
+    results = run_use("nll", mnist_slice_dir, tmp_path, "--epochs", "2", "--iw-samples", "20")
+    assert results["iw_samples"] == 20
+    for name in ("vae_400_20", "vae_200x2_50"):
+        assert results[f"{name}_epochs"] == 2
+        assert 0 < results[f"{name}_test_iw_nll"] < results[f"{name}_test_negative_elbo"]
+    config = json.loads((tmp_path / "vae_200x2_50" / "config.json").read_text())
+    assert (config["widths"], config["latent_dim"], config["binarize"]) == ([200, 200], 50, "dynamic")
+
+
+def test_compare_study_states_the_claim_with_numbers(mnist_slice_dir, tmp_path):
+    results = run_use("compare", mnist_slice_dir, tmp_path, "--epochs", "2", "--seeds", "2")
+    for model in ("ae", "vae", "conv_ae", "conv_vae"):
+        assert results[f"{model}_final_test_mse_sd"] > 0  # two seeds, two different runs
+        assert sorted(p.name for p in (tmp_path / model).iterdir() if p.is_dir()) == ["seed_0", "seed_1"]
+    assert results["claim"].startswith(("holds", "does not hold")) and "x ae's time per epoch" in results["claim"]
+    assert (tmp_path / "figures" / "test_mse.png").exists()
+
+
+def test_first_epoch_from_which_one_curve_stays_below_another():
+    assert compare.first_epoch_from_which_lower(np.array([3, 2, 1.0]), np.array([2, 2, 2.0])) == 3
+    assert compare.first_epoch_from_which_lower(np.array([1, 3, 1.0]), np.array([2, 2, 2.0])) == 3
+    assert compare.first_epoch_from_which_lower(np.array([1, 1, 1.0]), np.array([2, 2, 2.0])) == 1
+    assert compare.first_epoch_from_which_lower(np.array([1, 1, 3.0]), np.array([2, 2, 2.0])) is None
