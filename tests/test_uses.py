@@ -117,7 +117,7 @@ def run_use(module, mnist_slice_dir, workdir, *flags):
 
 
 def test_denoise_experiment_removes_noise(mnist_slice_dir, tmp_path):
-    flags = ("--epochs", "4", "--widths", "8", "16", "--latent-dim", "16")
+    flags = ("--model", "ae", "--epochs", "4", "--widths", "128", "--latent-dim", "16", "--learning-rate", "3e-3")
     results = run_use("denoise", mnist_slice_dir, tmp_path, *flags)
     assert results["inputs"] == "gaussian" and results["noise_level"] == 0.5
     assert results["test_psnr_denoised"] > results["test_psnr_noisy"] + 1.0
@@ -193,7 +193,7 @@ def test_colorize_needs_colour_images(mnist_slice_dir, tmp_path):
 
 
 def test_colorize_experiment_reports_psnr_against_both_baselines(mnist_slice_dir, tmp_path):
-    flags = ("--dataset", "colored_mnist_slice", "--epochs", "2", "--widths", "8", "16", "--latent-dim", "8")
+    flags = ("--dataset", "colored_mnist_slice", "--model", "ae", "--epochs", "2", "--widths", "64")
     results = run_use("colorize", mnist_slice_dir, tmp_path, *flags)
     colour = data.load("colored_mnist_slice", "test", "idx", mnist_slice_dir).images / 255.0
     grey = np.repeat((colour @ np.asarray(corruptions.LUMA))[..., None], 3, -1)
@@ -232,7 +232,7 @@ def test_features_study_probes_each_model_and_size(mnist_slice_dir, tmp_path):
 
 def test_colorize_runs_on_a_tfds_colour_dataset(empty_cache, tmp_path, capsys):
     flags = [*("--dataset", "cifar10", "--data-source", "tfds", "--workdir", str(tmp_path)), "--epochs", "1"]
-    flags += [*("--batch-size", "16", "--widths", "8", "16", "--latent-dim", "8")]
+    flags += [*("--batch-size", "16", "--model", "ae", "--widths", "32", "--latent-dim", "8")]
     with tfds.testing.mock_data(num_examples=64):
         code = main(colorize.DEFAULTS, "", flags, use=Use("colorize", colorize.analyse, colorize.check))
     assert code == 0, capsys.readouterr().err
@@ -261,7 +261,7 @@ def test_nll_study_reports_a_bound_below_the_elbo(mnist_slice_dir, tmp_path):
 
 
 def test_compare_study_states_the_claim_with_numbers(mnist_slice_dir, tmp_path):
-    results = run_use("compare", mnist_slice_dir, tmp_path, "--epochs", "2", "--seeds", "2")
+    results = run_use("compare", mnist_slice_dir, tmp_path, "--epochs", "1", "--seeds", "2")
     for model in ("ae", "vae", "conv_ae", "conv_vae"):
         assert results[f"{model}_final_test_mse_sd"] > 0  # two seeds, two different runs
         assert sorted(p.name for p in (tmp_path / model).iterdir() if p.is_dir()) == ["seed_0", "seed_1"]
