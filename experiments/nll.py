@@ -44,7 +44,7 @@ def measure(run: RestoredRun, samples: int) -> dict:
     test = np.asarray(train.to_float(run.test_set.images))
     key = jax.random.key(run.config.seed + 3)
     nll = evaluate.dataset_nll(run.model, run.params, test, key, samples=samples)
-    elbo = evaluate.batched(lambda x: losses.elbo_objective(run.model, run.params, x, key)[0], test)
+    elbo = evaluate.batched(lambda params, x: losses.elbo_objective(run.model, params, x, key)[0], run.params, test)
     return {
         "epochs": run.epoch,
         "test_negative_elbo": float(elbo.mean()),

@@ -28,26 +28,29 @@ def psnr(estimate: np.ndarray, target: np.ndarray) -> np.ndarray:
         return 10 * np.log10(1.0 / mse)
 
 
-def batched(fn: Callable[[jax.Array], jax.Array], x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """``fn`` (jitted once) over ``x`` in batches along the first axis; results concatenated."""
+def batched(fn: Callable[[object, jax.Array], jax.Array], params, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """``fn(params, batch)`` (jitted once) over ``x`` in batches along the first axis; results concatenated.
+
+    ``params`` is an argument, not a closure, so it is not baked into the program as constants.
+    """
     jitted = jax.jit(fn)
-    batches = [jitted(jnp.asarray(x[start : start + batch_size])) for start in range(0, len(x), batch_size)]
+    batches = [jitted(params, jnp.asarray(x[start : start + batch_size])) for start in range(0, len(x), batch_size)]
     return np.concatenate([np.asarray(batch) for batch in batches])
 
 
 def reconstruct(model: nn.Module, params, x: np.ndarray) -> np.ndarray:
     """Pixel means ``sigmoid(decode(encode(x)))`` ``(N, H, W, C)``; a VAE decodes its posterior mean."""
-    return batched(lambda batch: jax.nn.sigmoid(model.apply(params, batch).logits), x)
+    return batched(lambda p, batch: jax.nn.sigmoid(model.apply(p, batch).logits), params, x)
 
 
 def encode(model: nn.Module, params, x: np.ndarray) -> np.ndarray:
     """Codes ``(N, latent_dim)``: ``z`` for autoencoders, the posterior mean for a VAE."""
-    return batched(lambda batch: model.apply(params, batch).z, x)
+    return batched(lambda p, batch: model.apply(p, batch).z, params, x)
 
 
 def decode(model: nn.Module, params, z: np.ndarray) -> np.ndarray:
     """Pixel means ``(N, H, W, C)`` of codes ``(N, latent_dim)``."""
-    return batched(lambda batch: jax.nn.sigmoid(model.apply(params, batch, method=model.decode)), z)
+    return batched(lambda p, batch: jax.nn.sigmoid(model.apply(p, batch, method=model.decode)), params, z)
 
 
 def log_normal(z: jax.Array, mean: jax.Array | float = 0.0, logvar: jax.Array | float = 0.0) -> jax.Array:
@@ -94,9 +97,9 @@ def dataset_nll(
     model: nn.Module, params, images: np.ndarray, key: jax.Array, *, samples: int, batch_size: int = 100
 ) -> np.ndarray:
     """:func:`importance_weighted_nll` of every image ``(N,)``; batch ``b`` draws with ``fold_in(key, b)``."""
-    nll = jax.jit(lambda x, k: importance_weighted_nll(model, params, x, k, samples=samples))
+    nll = jax.jit(lambda p, x, k: importance_weighted_nll(model, p, x, k, samples=samples))
     batches = [
-        nll(jnp.asarray(images[start : start + batch_size]), jax.random.fold_in(key, b))
+        nll(params, jnp.asarray(images[start : start + batch_size]), jax.random.fold_in(key, b))
         for b, start in enumerate(range(0, len(images), batch_size))
     ]
     return np.concatenate([np.asarray(batch) for batch in batches])

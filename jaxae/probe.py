@@ -30,7 +30,9 @@ class Classifier:
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         x = (np.asarray(features, np.float32).reshape(len(features), -1) - self.mean) / self.scale
-        return evaluate.batched(lambda batch: jax.nn.softmax(self.model.apply(self.params, batch)), x, 10_000)
+        return evaluate.batched(
+            lambda params, batch: jax.nn.softmax(self.model.apply(params, batch)), self.params, x, 10_000
+        )
 
     def accuracy(self, features: np.ndarray, labels: np.ndarray) -> float:
         return float(np.mean(self.predict_proba(features).argmax(1) == np.asarray(labels)))
