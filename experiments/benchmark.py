@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxae import data, losses, train
+from jaxae import data, losses, models, train
 from jaxae.experiment import DTYPES, Config, build_model
 
-WIDTHS = {"ae": (400,), "vae": (400,), "conv_ae": (16, 32)}
+BENCHMARKED = ("ae", "vae", "conv_ae")
 
 
 def matmul_gflops(dtype: str, size: int, repeats: int = 5) -> float:
@@ -59,7 +59,8 @@ def step_flops(model, objective, state, images: np.ndarray, batch_size: int, sta
 
 def benchmark(model_name: str, batch_size: int, dtype: str, images: np.ndarray, epochs: int, seeds: int = 1) -> dict:
     """Compiles and times ``1 + epochs`` epochs of training; returns one row of figures."""
-    config = Config(model=model_name, batch_size=batch_size, dtype=dtype, widths=WIDTHS[model_name])
+    widths = models.MODELS[model_name].widths  # the model's default size
+    config = Config(model=model_name, batch_size=batch_size, dtype=dtype, widths=widths)
     model = build_model(config, images.shape[1:])
     objective = losses.objective_for(model)
     tx = optax.adam(config.learning_rate)
@@ -104,7 +105,7 @@ def benchmark(model_name: str, batch_size: int, dtype: str, images: np.ndarray, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["ae", "vae", "conv_ae"], choices=list(WIDTHS))
+    parser.add_argument("--models", nargs="+", default=list(BENCHMARKED), choices=BENCHMARKED)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--vae-batch-sizes", type=int, nargs="+", default=[64, 128, 512])
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES))

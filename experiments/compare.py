@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from experiments.common import Study, main_study
-from jaxae import plots
+from jaxae import models, plots
 from jaxae.experiment import Config, ConfigError
 
 DEFAULTS = Config(epochs=10, plot_epochs=())
-WIDTHS = {"ae": (400,), "vae": (400,), "conv_ae": (16, 32), "conv_vae": (16, 32)}
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +34,8 @@ def variants(config: Config, args: argparse.Namespace) -> dict[str, Config]:
     if args.seeds < 2:
         raise ConfigError(f"--seeds must be at least 2 to give a spread, got {args.seeds}")
     return {
-        model: dataclasses.replace(config, model=model, widths=widths, seeds=args.seeds)
-        for model, widths in WIDTHS.items()
+        name: dataclasses.replace(config, model=name, widths=model.widths, seeds=args.seeds)  # default sizes
+        for name, model in models.MODELS.items()
     }
 
 

@@ -21,20 +21,19 @@ from jaxae import evaluate, models, plots, train
 from jaxae.experiment import Config, ConfigError, restore_run
 
 DEFAULTS = Config(epochs=5, plot_epochs=())
-WIDTHS = {"ae": (400,), "vae": (400,), "conv_ae": (16, 32), "conv_vae": (16, 32)}
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", default=list(WIDTHS), help=f"of {', '.join(WIDTHS)}")
+    parser.add_argument("--models", nargs="+", default=list(models.MODELS), help=f"of {', '.join(models.MODELS)}")
     parser.add_argument("--latent-dims", type=int, nargs="+", default=[10, 20], help="code sizes")
 
 
 def variants(config: Config, args: argparse.Namespace) -> dict[str, Config]:
-    unknown = sorted(set(args.models) - set(WIDTHS))
+    unknown = sorted(set(args.models) - set(models.MODELS))
     if unknown or min(args.latent_dims) <= 0:
         raise ConfigError(f"--models takes {', '.join(models.MODELS)} and --latent-dims positive sizes")
     return {
-        f"{model}_{dim}": dataclasses.replace(config, model=model, widths=WIDTHS[model], latent_dim=dim)
+        f"{model}_{dim}": dataclasses.replace(config, model=model, widths=models.MODELS[model].widths, latent_dim=dim)
         for model in args.models
         for dim in sorted(set(args.latent_dims))
     }
