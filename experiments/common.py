@@ -130,32 +130,21 @@ class Use:
 def main(defaults: Config, description: str, argv: list[str] | None = None, use: Use | None = None) -> int:
     """Parses flags over ``defaults``, runs the experiment, prints its summary; returns the exit code."""
     args = vars(build_parser(defaults, description, use and use.name).parse_args(argv))
-    workdir, resume, overwrite = args.pop("workdir"), args.pop("resume"), args.pop("overwrite")
-    launch = {name: args.pop(name) for name in LAUNCH_FLAGS}
-    config = dataclasses.replace(defaults, **{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
-    progress = Progress(config.epochs)
+    workdir, resume, overwrite = args["workdir"], args["resume"], args["overwrite"]
+    config = _config_from_flags(defaults, args)
     try:
         if use is not None:
             if config.seeds > 1:
                 raise ConfigError(f"{use.name} measures one model: drop --seeds")
             use.check(config)
-        join_processes(launch)
+        join_processes({name: args[name] for name in LAUNCH_FLAGS})
         speaks = parallel.is_primary()  # one process reports; every process reports errors
-        summary = train_and_evaluate(
-            config,
-            workdir,
-            resume=resume,
-            overwrite=overwrite,
-            log=lambda m: print(m, flush=True) if speaks else None,
-            on_epoch=progress if speaks else lambda record: None,
-        )
+        summary = _train(config, workdir, resume=resume, overwrite=overwrite, speaks=speaks)
         if use is not None and speaks:
             summary = _measure_use(use, Path(workdir), summary)
     except USER_ERRORS as error:
-        progress.close()
         print(f"error: {error}", file=sys.stderr)
         return 2
-    progress.close()
     if not speaks:
         return 0
     final = summary if config.seeds == 1 else summary["per_seed"][0]
@@ -175,6 +164,29 @@ def main(defaults: Config, description: str, argv: list[str] | None = None, use:
     if use is not None:
         print(f"{use.name}: " + ", ".join(f"{name} {_fmt_value(value)}" for name, value in summary[use.name].items()))
     return 0
+
+
+def _config_from_flags(defaults: Config, values: dict) -> Config:
+    """``defaults`` with the parsed values of the Config fields among ``values``."""
+    fields = {f.name for f in dataclasses.fields(Config)}
+    flags = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields}
+    return dataclasses.replace(defaults, **flags)
+
+
+def _train(config: Config, workdir: str | Path, *, resume: bool, overwrite: bool, speaks: bool) -> dict:
+    """``train_and_evaluate`` with progress and log lines, printed by the process that speaks."""
+    progress = Progress(config.epochs)
+    try:
+        return train_and_evaluate(
+            config,
+            workdir,
+            resume=resume,
+            overwrite=overwrite,
+            log=lambda m: print(m, flush=True) if speaks else None,
+            on_epoch=progress if speaks else lambda record: None,
+        )
+    finally:
+        progress.close()
 
 
 def _measure_use(use: Use, workdir: Path, summary: dict) -> dict:
@@ -215,10 +227,7 @@ def main_study(defaults: Config, description: str, study: Study, argv: list[str]
     study.flags(parser)
     args = parser.parse_args(argv)
     values = vars(args)
-    fields = {f.name for f in dataclasses.fields(Config)} - set(study.fixed)
-    config = dataclasses.replace(
-        defaults, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields}
-    )
+    config = _config_from_flags(defaults, {k: v for k, v in values.items() if k not in study.fixed})
     workdir = Path(args.workdir)
     try:
         variants = study.variants(config, args)
@@ -227,16 +236,7 @@ def main_study(defaults: Config, description: str, study: Study, argv: list[str]
         for name, variant in variants.items():
             if speaks:
                 print(f"{study.name}: training {name} ({variant.model}, {variant.latent_dim}-d code)", flush=True)
-            progress = Progress(variant.epochs)
-            train_and_evaluate(
-                variant,
-                workdir / name,
-                resume=args.resume,
-                overwrite=args.overwrite,
-                log=lambda m: print(m, flush=True) if speaks else None,
-                on_epoch=progress if speaks else lambda record: None,
-            )
-            progress.close()
+            _train(variant, workdir / name, resume=args.resume, overwrite=args.overwrite, speaks=speaks)
         if not speaks:
             return 0
         results = study.analyse(variants, workdir, args)
