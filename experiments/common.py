@@ -15,12 +15,27 @@ from pathlib import Path
 from tqdm import tqdm
 
 from jaxae import parallel
+from jaxae.checkpoint import CheckpointError
 from jaxae.data import DataError
 from jaxae.experiment import Config, ConfigError, RestoredRun, restore_run, train_and_evaluate
-from jaxae.files import atomic_write_text
+from jaxae.files import WriteError, atomic_write_text
 from jaxae.train import TrainingDiverged
 
-USER_ERRORS = (ConfigError, DataError, TrainingDiverged)
+BAD_INPUT = (ConfigError, DataError)  # exit code 2: nothing was written
+FAULTS = (TrainingDiverged, CheckpointError, WriteError)  # exit code 1: the message says what was kept
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, like every other error of the experiments."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message}: see --help\n")
+
+
+def report(error: Exception) -> int:
+    """Prints ``error`` as one line on stderr; returns the exit code: 2 for bad input, 1 for a fault."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2 if isinstance(error, BAD_INPUT) else 1
 
 
 def _flag_type(annotation) -> tuple[type, dict]:
@@ -39,7 +54,7 @@ def build_parser(
     defaults: Config, description: str, name: str | None = None, fixed: tuple[str, ...] = ()
 ) -> argparse.ArgumentParser:
     """Flags for every Config field but the ``fixed`` ones; ``--workdir`` defaults to ``runs/<name>``."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     for field in dataclasses.fields(Config):
         if field.name in fixed:
             continue
@@ -56,6 +71,11 @@ def build_parser(
     parser.add_argument("--workdir", default=f"runs/{name or defaults.model}", help="where the run's files go")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="delete a previous run in --workdir first")
+    parser.add_argument(
+        "--fall-back",
+        action="store_true",
+        help="with --resume: set unreadable checkpoints aside and continue from the newest readable one",
+    )
     launch = parser.add_argument_group(
         "several processes (hosts)",
         "start one process per host with the same flags and its own --process-id; "
@@ -130,7 +150,7 @@ class Use:
 def main(defaults: Config, description: str, argv: list[str] | None = None, use: Use | None = None) -> int:
     """Parses flags over ``defaults``, runs the experiment, prints its summary; returns the exit code."""
     args = vars(build_parser(defaults, description, use and use.name).parse_args(argv))
-    workdir, resume, overwrite = args["workdir"], args["resume"], args["overwrite"]
+    workdir = args["workdir"]
     config = _config_from_flags(defaults, args)
     try:
         if use is not None:
@@ -139,12 +159,11 @@ def main(defaults: Config, description: str, argv: list[str] | None = None, use:
             use.check(config)
         join_processes({name: args[name] for name in LAUNCH_FLAGS})
         speaks = parallel.is_primary()  # one process reports; every process reports errors
-        summary = _train(config, workdir, resume=resume, overwrite=overwrite, speaks=speaks)
+        summary = _train(config, workdir, args, speaks=speaks)
         if use is not None and speaks:
             summary = _measure_use(use, Path(workdir), summary)
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except BAD_INPUT + FAULTS as error:
+        return report(error)
     if not speaks:
         return 0
     final = summary if config.seeds == 1 else summary["per_seed"][0]
@@ -173,15 +192,17 @@ def _config_from_flags(defaults: Config, values: dict) -> Config:
     return dataclasses.replace(defaults, **flags)
 
 
-def _train(config: Config, workdir: str | Path, *, resume: bool, overwrite: bool, speaks: bool) -> dict:
-    """``train_and_evaluate`` with progress and log lines, printed by the process that speaks."""
+def _train(config: Config, workdir: str | Path, flags: dict, *, speaks: bool) -> dict:
+    """``train_and_evaluate`` with progress and log lines, printed by the process that speaks;
+    ``flags`` holds the parsed --resume, --overwrite and --fall-back."""
     progress = Progress(config.epochs)
     try:
         return train_and_evaluate(
             config,
             workdir,
-            resume=resume,
-            overwrite=overwrite,
+            resume=flags["resume"],
+            overwrite=flags["overwrite"],
+            fall_back=flags["fall_back"],
             log=lambda m: print(m, flush=True) if speaks else None,
             on_epoch=progress if speaks else lambda record: None,
         )
@@ -236,13 +257,12 @@ def main_study(defaults: Config, description: str, study: Study, argv: list[str]
         for name, variant in variants.items():
             if speaks:
                 print(f"{study.name}: training {name} ({variant.model}, {variant.latent_dim}-d code)", flush=True)
-            _train(variant, workdir / name, resume=args.resume, overwrite=args.overwrite, speaks=speaks)
+            _train(variant, workdir / name, values, speaks=speaks)
         if not speaks:
             return 0
         results = study.analyse(variants, workdir, args)
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except BAD_INPUT + FAULTS as error:
+        return report(error)
     atomic_write_text(workdir / "summary.json", json.dumps({study.name: results}, indent=2))
     print(f"{study.name}: " + ", ".join(f"{name} {_fmt_value(value)}" for name, value in results.items()))
     return 0

@@ -1,24 +1,59 @@
 """Orbax checkpoints of a run: the train state and JSON metadata, one checkpoint per epoch.
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a
-run killed mid-save leaves the previous checkpoints intact. The last ``keep`` checkpoints
-are kept, and the one with the lowest test loss.
+run killed mid-save leaves the previous checkpoints intact. Each checkpoint also stores
+a SHA-256 digest of its arrays, checked on restore: a corrupted file (a flipped bit
+that Orbax would read back without complaint) raises :class:`CheckpointError` instead of
+restoring wrong values. The last ``keep`` checkpoints are kept, and the one with the
+lowest test loss.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import shutil
 from pathlib import Path
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxae import parallel
 from jaxae.train import TrainState
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be saved or read back; the message names the epoch and the fix."""
+
+
+def state_digest(state) -> str:
+    """SHA-256 over the dtype, shape and bytes of every leaf of ``state``.
+
+    Replicated arrays are read from this process's first copy, so every process of a
+    multi-process run computes the same digest.
+    """
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(state):
+        array = np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of an error, short enough for a one-line message."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class Checkpoints:
     """The checkpoints of one run, numbered by epoch.
 
     Each holds ``state`` (params, optimizer state, step) and ``meta``, a JSON dict that
-    the caller fills (config, key, metrics history).
+    the caller fills (config, key, metrics history), stored with a digest of ``state``.
     """
 
     def __init__(self, directory: str | Path, *, keep: int = 3):
@@ -39,10 +74,28 @@ class Checkpoints:
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, epoch: int, state: TrainState, meta: dict, test_loss: float) -> None:
-        """Saves the state after ``epoch`` epochs; returns once it is complete on disk."""
+        """Saves the state after ``epoch`` epochs; returns once it is complete on disk.
+
+        Raises:
+            CheckpointError: the save failed (a full disk, say); the earlier checkpoints stay.
+        """
+        meta = {**meta, "digest": state_digest(state)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        self._manager.save(epoch, args=args, metrics={"test_loss": test_loss}, force=True)
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(epoch, args=args, metrics={"test_loss": test_loss}, force=True)
+            self._manager.wait_until_finished()
+            return
+        except Exception as error:
+            failure = error
+        with contextlib.suppress(Exception):  # Orbax's other writer threads may still be failing
+            self._manager.wait_until_finished()
+        self._manager.reload()  # forget the step that was not written
+        kept = self.latest_epoch()
+        raise CheckpointError(
+            f"could not save the checkpoint of epoch {epoch} in {self.directory} ({_reason(failure)}); "
+            + ("no earlier checkpoint" if kept is None else f"the checkpoint of epoch {kept} is intact")
+            + ": free disk space, then --resume"
+        ) from failure
 
     def epochs(self) -> list[int]:
         """Epochs with a saved checkpoint, ascending."""
@@ -56,13 +109,44 @@ class Checkpoints:
         return self._manager.best_step()
 
     def restore(self, template: TrainState, epoch: int | None = None) -> tuple[TrainState, dict]:
-        """Restores ``(state, meta)`` of ``epoch`` (default: the latest) into ``template``'s structure."""
+        """Restores ``(state, meta)`` of ``epoch`` (default: the latest) into ``template``'s structure.
+
+        Raises:
+            CheckpointError: there is no such checkpoint, or it is unreadable or corrupted.
+        """
         epoch = self.latest_epoch() if epoch is None else epoch
-        if epoch is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        if epoch is None or epoch not in self.epochs():
+            raise CheckpointError(f"no checkpoint of epoch {epoch} in {self.directory}: kept {self.epochs()}")
         args = ocp.args.Composite(state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore())
-        restored = self._manager.restore(epoch, args=args)
-        return restored.state, restored.meta
+        try:
+            restored = self._manager.restore(epoch, args=args)
+        except Exception as error:
+            raise CheckpointError(
+                f"the checkpoint of epoch {epoch} in {self.directory} is unreadable ({_reason(error)})"
+            ) from error
+        if not isinstance(restored.meta, dict):
+            raise CheckpointError(f"the checkpoint of epoch {epoch} in {self.directory} is corrupted (bad metadata)")
+        meta = dict(restored.meta)
+        saved = meta.pop("digest", None)  # checkpoints written before digests were stored have none
+        if saved is not None and saved != state_digest(restored.state):
+            raise CheckpointError(
+                f"the checkpoint of epoch {epoch} in {self.directory} is corrupted (its arrays do not match its digest)"
+            )
+        return restored.state, meta
+
+    def set_aside(self, epoch: int, folder: Path) -> Path:
+        """Moves the checkpoint of ``epoch`` to ``folder/<epoch>``: out of the run, kept for inspection.
+
+        With several processes, process 0 moves it and every process waits for the move.
+        """
+        target = folder / str(epoch)
+        if parallel.is_primary():
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(self.directory / str(epoch), target)
+        parallel.sync(f"set aside checkpoint {epoch}")
+        self._manager.reload()
+        return target
 
     def close(self) -> None:
         self._manager.close()

@@ -31,8 +31,8 @@ import numpy as np
 import optax
 
 from jaxae import corruptions, data, losses, models, parallel, plots, train
-from jaxae.checkpoint import Checkpoints
-from jaxae.files import atomic_write_text
+from jaxae.checkpoint import CheckpointError, Checkpoints
+from jaxae.files import WriteError, atomic_write_text
 
 
 class ConfigError(ValueError):
@@ -97,9 +97,11 @@ def validate(config: Config) -> None:
     if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
         raise ConfigError(f"--learning-rate must be a positive number, got {config.learning_rate}")
     if config.model not in models.MODELS:
-        raise ConfigError(f"unknown model {config.model!r}: use one of {', '.join(models.MODELS)}")
+        raise ConfigError(f"unknown --model {config.model!r}: use one of {', '.join(models.MODELS)}")
     if not config.widths or min(config.widths) <= 0:
         raise ConfigError(f"--widths must be one or more positive integers, got {config.widths}")
+    if config.plot_epochs and min(config.plot_epochs) <= 0:
+        raise ConfigError(f"--plot-epochs must be positive epoch numbers, got {config.plot_epochs}")
     if config.dtype not in DTYPES:
         raise ConfigError(f"unknown --dtype {config.dtype!r}: use one of {', '.join(DTYPES)}")
     inputs = ("clean", *corruptions.CORRUPTIONS)
@@ -107,7 +109,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"unknown --inputs {config.inputs!r}: use one of {', '.join(inputs)}")
     limit = 1.0 if config.inputs == "salt_pepper" else math.inf
     if not (0 <= config.noise_level <= limit):
-        raise ConfigError(f"--noise-level must be in [0, {limit}] for {config.inputs} inputs, got {config.noise_level}")
+        raise ConfigError(
+            f"--noise-level must be in [0, {limit}] with --inputs {config.inputs}, not {config.noise_level}"
+        )
     if config.binarize not in BINARIZATIONS:
         raise ConfigError(f"unknown --binarize {config.binarize!r}: use one of {', '.join(BINARIZATIONS)}")
     if config.data_source not in data.SOURCES:
@@ -190,7 +194,8 @@ def write_workdir(workdir: Path, config: Config, *, overwrite: bool) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(workdir / "config.json", json.dumps(config.to_json(), indent=2))
     except OSError as error:
-        raise ConfigError(f"cannot write to --workdir {workdir} ({error.strerror}): choose a writable folder") from None
+        cause = error.__cause__ if isinstance(error, WriteError) else error
+        raise ConfigError(f"cannot write to --workdir {workdir} ({cause.strerror}): choose a writable folder") from None
 
 
 def prepare_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: bool) -> None:
@@ -212,6 +217,7 @@ def train_and_evaluate(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    fall_back: bool = False,
     log: Callable[[str], None] = lambda message: None,
     on_epoch: Callable[[dict], None] = lambda record: None,
 ) -> dict:
@@ -226,6 +232,9 @@ def train_and_evaluate(
         workdir: where everything goes.
         resume: continue from the latest checkpoint in ``workdir``.
         overwrite: delete a previous run in ``workdir`` first.
+        fall_back: on resume, set unreadable checkpoints aside (into
+            ``workdir/unreadable_checkpoints``) and continue from the newest readable one;
+            without it an unreadable latest checkpoint raises CheckpointError.
         log: receives one-line messages (data source, resume point).
         on_epoch: receives each epoch's record (with N seeds, each metric is a list).
 
@@ -234,11 +243,17 @@ def train_and_evaluate(
 
     Raises:
         ConfigError, data.DataError: bad configuration or data, before anything is written.
-        train.TrainingDiverged: the loss became NaN; the checkpoints of earlier epochs stay.
+        train.TrainingDiverged: the loss became NaN or infinite; the checkpoints of earlier
+            epochs stay, and nothing of the bad epoch is saved.
+        CheckpointError, WriteError: a checkpoint or file could not be saved (a full disk)
+            or, on resume, read; the checkpoints saved before stay.
     """
     started = time.perf_counter()
     workdir = Path(workdir)
     validate(config)
+    if fall_back and not resume:
+        raise ConfigError("--fall-back only applies when resuming: add --resume")
+    check_workdir(workdir, config, resume=resume, overwrite=overwrite)  # before the data is loaded
     train_set, test_set = load_data(config)
     log(train_set.describe())
     log(test_set.describe())
@@ -248,7 +263,10 @@ def train_and_evaluate(
             f"use --dataset colored_mnist, or a colour TFDS dataset such as cifar10"
         )
     if config.batch_size > len(train_set):
-        raise ConfigError(f"--batch-size {config.batch_size} exceeds the {len(train_set)} training images")
+        raise ConfigError(
+            f"--batch-size {config.batch_size} exceeds the {len(train_set)} training images: "
+            f"use {len(train_set)} or less"
+        )
     mesh = parallel.data_mesh()
     try:
         parallel.check_batch_size(config.batch_size, mesh, name="--batch-size")
@@ -268,7 +286,7 @@ def train_and_evaluate(
     else:
         seed_configs = [(config, workdir)]
     runs = [SeedRun(model, tx, c, folder, train_set, test_set, mesh) for c, folder in seed_configs]
-    states = [run.start(resume=resume, overwrite=overwrite, log=log) for run in runs]
+    states = [run.start(resume=resume, overwrite=overwrite, fall_back=fall_back, log=log) for run in runs]
     start_epochs = {len(run.history) for run in runs}
     if len(start_epochs) > 1:
         raise ConfigError(f"the seeds of {workdir} stopped at different epochs {sorted(start_epochs)}: use --overwrite")
@@ -300,6 +318,11 @@ def train_and_evaluate(
             on_epoch_end=on_epoch_end,
             mesh=mesh,
         )
+    except train.TrainingDiverged as error:
+        kept = runs[0].checkpoints.latest_epoch()
+        kept_text = "no checkpoint was saved" if kept is None else f"the checkpoint of epoch {kept} is kept"
+        raise train.TrainingDiverged(f"{error}; {kept_text} in {workdir}") from None
+    else:
         summaries = [run.finish(train.unstack(state, i) if stacked else state, started) for i, run in enumerate(runs)]
     finally:
         for run in runs:
@@ -332,14 +355,14 @@ class SeedRun:
         self.checkpoints: Checkpoints | None = None
         self.history: list[dict] = []
 
-    def start(self, *, resume: bool, overwrite: bool, log: Callable[[str], None]) -> train.TrainState:
+    def start(self, *, resume: bool, overwrite: bool, fall_back: bool, log: Callable[[str], None]) -> train.TrainState:
         """Prepares the folder; returns the fresh state, or the latest checkpoint's on resume."""
         prepare_workdir(self.workdir, self.config, resume=resume, overwrite=overwrite)
         state = train.create_state(self.model, self.tx, self.image_shape, key=self.init_key)
         state = parallel.replicate(state, self.mesh)  # restored checkpoints land replicated too
         self.checkpoints = Checkpoints(self.workdir / "checkpoints", keep=self.config.keep_checkpoints)
         if resume and self.checkpoints.latest_epoch() is not None:
-            state, meta = self.checkpoints.restore(state)
+            state, meta = self._restore_newest(state, fall_back=fall_back, log=log)
             self.history = meta["history"]
             log(f"resumed {self.workdir} from epoch {meta['epoch']}")
         elif resume:
@@ -348,8 +371,24 @@ class SeedRun:
             _write_history(self.workdir / "metrics.jsonl", self.history)
         return state
 
+    def _restore_newest(self, template, *, fall_back: bool, log: Callable[[str], None]):
+        """``(state, meta)`` of the latest checkpoint; with ``fall_back``, of the newest readable one."""
+        for epoch in reversed(self.checkpoints.epochs()):
+            try:
+                return self.checkpoints.restore(template, epoch)
+            except CheckpointError as error:
+                if not fall_back:
+                    raise CheckpointError(
+                        f"{error}: pass --fall-back with --resume to set it aside and continue from the newest "
+                        f"readable checkpoint, or --overwrite to start again"
+                    ) from None
+                moved = self.checkpoints.set_aside(epoch, self.workdir / "unreadable_checkpoints")
+                log(f"{error}: moved it to {moved}")
+        raise CheckpointError(f"no readable checkpoint left in {self.workdir}: --overwrite to start again")
+
     def end_epoch(self, state: train.TrainState, record: dict) -> None:
-        """Checkpoint, metrics line and, at plot epochs, figures."""
+        """Checkpoint, metrics and, at plot epochs, figures; the checkpoint first, so that
+        the files never describe an epoch that was not saved."""
         self.history.append(record)
         meta = {
             "epoch": record["epoch"],
@@ -360,8 +399,7 @@ class SeedRun:
         self.checkpoints.save(record["epoch"], state, meta, record["test_loss"])
         if not parallel.is_primary():
             return
-        with open(self.workdir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        _write_history(self.workdir / "metrics.jsonl", self.history)
         if record["epoch"] in self.config.plot_epochs or record["epoch"] == self.config.epochs:
             self.figures.epoch(jax.device_get(state.params), record["epoch"], self.history)
 

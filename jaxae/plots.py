@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from jaxae.files import atomic_write
+
 DPI = 100
 CELL_INCHES = 0.6
 LABEL_INCHES = 1.6  # left margin for row labels
@@ -126,7 +128,7 @@ def _show(ax, mosaic: np.ndarray) -> None:
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, format="png"))
     return path
 
 

@@ -273,7 +273,7 @@ def fit(
         if not np.all(np.isfinite([record["train_loss"], record["test_loss"]])):
             raise TrainingDiverged(
                 f"loss became {record['train_loss']} (train) / {record['test_loss']} (test) in epoch {epoch}: "
-                f"lower --learning-rate; the last good checkpoint is kept"
+                f"lower the learning rate (--learning-rate) and start again"
             )
         history.append(record)
         if on_epoch_end is not None:

@@ -1,0 +1,272 @@
+"""Faults and bad input lose nothing: kill -9, corrupted checkpoints, NaN, a full disk, bad flags."""
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from experiments import common, vae
+from jaxae import checkpoint, experiment, losses, models, train
+from tests.test_checkpoint import assert_states_equal, restore_latest
+
+
+def cli_flags(config: experiment.Config, workdir) -> list[str]:
+    """The command-line flags that give ``config``."""
+    flags = []
+    for name, value in config.to_json().items():
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool):
+            flags.append(flag if value else f"--no-{flag[2:]}")
+        elif value is not None:
+            flags += [flag, *map(str, value if isinstance(value, list | tuple) else [value])]
+    return [*flags, "--workdir", str(workdir)]
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, slice_config):
+    config = dataclasses.replace(slice_config, epochs=12)
+    workdir = tmp_path / "killed"
+    command = [sys.executable, "-m", "experiments.vae", *cli_flags(config, workdir)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (workdir / "checkpoints" / "2").exists():  # a complete checkpoint: Orbax renames when done
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "no second checkpoint in 300 s"
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGKILL
+    assert not (workdir / "summary.json").exists()  # it was killed mid-run
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    epoch = int(resumed.stdout.split("from epoch ")[1].split()[0])
+    assert 2 <= epoch < config.epochs
+
+    experiment.train_and_evaluate(config, tmp_path / "straight")
+    state_killed, meta_killed = restore_latest(workdir)
+    state_straight, meta_straight = restore_latest(tmp_path / "straight")
+    assert meta_killed["epoch"] == meta_straight["epoch"] == config.epochs
+    assert_states_equal(state_killed, state_straight)  # bitwise
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, config.epochs + 1))
+    assert [r["test_loss"] for r in records] == [r["test_loss"] for r in meta_straight["history"]]
+
+
+def _largest_array_file(step_dir):
+    return max((p for p in (step_dir / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _flip_a_bit(step_dir):
+    path = _largest_array_file(step_dir)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def _truncate(step_dir):
+    path = _largest_array_file(step_dir)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _garble_meta(step_dir):
+    (step_dir / "meta" / "metadata").write_text('{"epoch": 2, "hist')
+
+
+def _delete_state(step_dir):
+    for path in sorted((step_dir / "state").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+
+
+@pytest.mark.parametrize("corrupt", [_flip_a_bit, _truncate, _garble_meta, _delete_state])
+def test_a_corrupted_checkpoint_is_refused_with_its_epoch_named(corrupt, tmp_path):
+    model = models.VAE(widths=(32,), latent_dim=4)
+    state = train.create_state(model, optax.adam(1e-3), (28, 28, 1), key=jax.random.key(0))
+    later = state.replace(step=state.step + 1, params=jax.tree.map(lambda p: p + 1, state.params))
+    with checkpoint.Checkpoints(tmp_path) as ckpts:
+        ckpts.save(1, state, {"epoch": 1}, test_loss=1.0)
+        ckpts.save(2, later, {"epoch": 2}, test_loss=1.0)
+    corrupt(tmp_path / "2")
+    with checkpoint.Checkpoints(tmp_path) as ckpts:
+        with pytest.raises(checkpoint.CheckpointError, match="checkpoint of epoch 2 in .* is (unreadable|corrupted)"):
+            ckpts.restore(state)
+        restored, meta = ckpts.restore(state, epoch=1)
+    assert meta["epoch"] == 1
+    assert_states_equal(restored, state)
+
+
+def test_resume_falls_back_past_a_corrupted_checkpoint_only_when_asked(tmp_path, slice_config):
+    config = dataclasses.replace(slice_config, epochs=3)
+    experiment.train_and_evaluate(config, tmp_path)
+    original = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    _flip_a_bit(tmp_path / "checkpoints" / "3")
+    longer = dataclasses.replace(config, epochs=4)
+    with pytest.raises(checkpoint.CheckpointError, match="epoch 3 .* corrupted .* pass --fall-back with --resume"):
+        experiment.train_and_evaluate(longer, tmp_path, resume=True)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2", "3"]  # nothing moved
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 3
+
+    messages = []
+    experiment.train_and_evaluate(longer, tmp_path, resume=True, fall_back=True, log=messages.append)
+    assert any("epoch 3" in m and "moved it to" in m for m in messages)
+    assert any(m.endswith("from epoch 2") for m in messages)
+    assert (tmp_path / "unreadable_checkpoints" / "3" / "state").is_dir()  # set aside, not deleted
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert records[2]["test_loss"] == original[2]["test_loss"]  # epoch 3 trained again, identically
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, slice_config, monkeypatch):
+    experiment.train_and_evaluate(slice_config, tmp_path)
+    good_state, good_meta = restore_latest(tmp_path)
+
+    def nan_objective(config, model):
+        objective = losses.objective_for(model)
+        return lambda *args: (objective(*args)[0] * np.nan, objective(*args)[1])
+
+    monkeypatch.setattr(experiment, "build_objective", nan_objective)
+    with pytest.raises(train.TrainingDiverged, match="in epoch 3.*the checkpoint of epoch 2 is kept"):
+        experiment.train_and_evaluate(dataclasses.replace(slice_config, epochs=4), tmp_path, resume=True)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
+    state, meta = restore_latest(tmp_path)
+    assert_states_equal(state, good_state)
+    assert meta == good_meta
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2
+
+
+FULL_DISK = """
+import resource, signal, sys
+from experiments import common
+from jaxae import experiment
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG
+
+
+def fill_the_disk(record):  # after epoch 1 is saved, no file may grow past 1 kB
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+
+
+config = experiment.Config.from_json({config})
+try:
+    experiment.train_and_evaluate(config, {workdir!r}, on_epoch=fill_the_disk)
+except common.FAULTS as error:
+    sys.exit(common.report(error))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="simulates a full disk with RLIMIT_FSIZE")
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, slice_config):
+    workdir = tmp_path / "run"
+    config = dataclasses.replace(slice_config, epochs=3)
+    script = FULL_DISK.format(config=config.to_json(), workdir=str(workdir))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    assert (
+        "error: could not save the checkpoint of epoch 2" in result.stderr
+        and "the checkpoint of epoch 1 is intact: free disk space, then --resume" in result.stderr
+    )
+    assert [r["epoch"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())] == [1]
+    messages = []
+    summary = experiment.train_and_evaluate(config, workdir, resume=True, log=messages.append)
+    assert "resumed" in messages[-1] and messages[-1].endswith("from epoch 1")
+    assert summary["epochs"] == 3
+    experiment.train_and_evaluate(config, tmp_path / "straight")
+    assert_states_equal(restore_latest(workdir)[0], restore_latest(tmp_path / "straight")[0])
+
+
+# --------------------------------------------------------------------- bad input
+
+BAD_VALUES = {
+    "epochs": st.one_of(st.integers(-5, 0).map(str), st.sampled_from(["abc", "1.5", ""])),
+    "batch-size": st.one_of(st.integers(-5, 0), st.integers(513, 10**7)).map(str),
+    "latent-dim": st.one_of(st.integers(-5, 0).map(str), st.just("two")),
+    "learning-rate": st.sampled_from(["0", "-1e-3", "nan", "inf", "-inf", "fast"]),
+    "model": st.text("abcxyz_", min_size=1, max_size=8).filter(lambda s: s not in models.MODELS),
+    "dataset": st.text("abcxyz", min_size=1, max_size=8).map(lambda s: f"no_such_{s}"),
+    "widths": st.lists(st.integers(-5, 0), min_size=1, max_size=3).map(lambda ws: " ".join(map(str, ws))),
+    "seeds": st.integers(-5, 0).map(str),
+    "keep-checkpoints": st.integers(-5, 0).map(str),
+    "plot-epochs": st.integers(-5, 0).map(str),
+    "noise-level": st.sampled_from(["-0.1", "-1", "nan"]),
+    "dtype": st.sampled_from(["float16", "int8", "fp32"]),
+    "inputs": st.sampled_from(["noisy", "gauss", "none"]),
+    "binarize": st.sampled_from(["static", "yes"]),
+    "data-source": st.sampled_from(["internet", "s3"]),
+    "fall-back": st.just(None),  # without --resume
+    "workdir": st.just("UNDER_A_FILE"),
+}
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    """``python -m experiments.vae`` in this process: exit code and stderr."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = common.main(vae.DEFAULTS, vae.__doc__, argv)
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, stderr.getvalue()
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bad=st.dictionaries(st.sampled_from(sorted(BAD_VALUES)), st.none(), min_size=1, max_size=3), data=st.data())
+def test_any_bad_flags_give_one_line_exit_2_and_write_nothing(bad, data, mnist_slice_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("flags")
+    (root / "a_file").write_text("")
+    flags = {
+        "dataset": "mnist_slice",
+        "data-source": "idx",
+        "data-dir": str(mnist_slice_dir),
+        "batch-size": "64",
+        "widths": "32",
+        "latent-dim": "4",
+        "epochs": "1",
+        "workdir": str(root / "run"),
+    }
+    if "dataset" in bad:  # the idx source reads any name from --data-dir
+        flags |= {"data-source": "auto", "data-dir": None}
+    for name in bad:
+        value = data.draw(BAD_VALUES[name], label=name)
+        flags[name] = str(root / "a_file" / "run") if value == "UNDER_A_FILE" else value
+    argv = []
+    for name, value in flags.items():
+        if name in bad or value is not None:
+            argv += [f"--{name}"] if value is None else [f"--{name}", *(value.split() or [value])]
+    code, stderr = run_cli(argv)
+    assert code == 2, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    names = [f"--{name}" for name in bad] + (["unknown dataset"] if "dataset" in bad else [])
+    assert any(name in lines[0] for name in names), (bad, lines[0])
+    assert sorted(p.name for p in root.iterdir()) == ["a_file"]  # nothing written
+
+
+def test_an_unwritable_workdir_is_refused_before_training(tmp_path, slice_config):
+    (tmp_path / "a_file").write_text("")
+    code, stderr = run_cli(cli_flags(slice_config, tmp_path / "a_file" / "run"))
+    assert code == 2
+    assert stderr.startswith(f"error: cannot write to --workdir {tmp_path / 'a_file' / 'run'} (Not a directory)")
+    assert stderr.rstrip().endswith("choose a writable folder")
+
+
+def test_files_are_written_with_the_usual_permissions(tmp_path, slice_config):
+    experiment.train_and_evaluate(slice_config, tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "metrics.jsonl", "summary.json", "figures/loss.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
