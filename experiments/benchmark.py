@@ -24,8 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.common import Parser
 from jaxae import data, losses, models, train
 from jaxae.experiment import DTYPES, Config, build_model
+from jaxae.files import atomic_write_text
 
 BENCHMARKED = ("ae", "vae", "conv_ae")
 
@@ -104,7 +106,7 @@ def benchmark(model_name: str, batch_size: int, dtype: str, images: np.ndarray, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(BENCHMARKED), choices=BENCHMARKED)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--vae-batch-sizes", type=int, nargs="+", default=[64, 128, 512])
@@ -115,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2048 images, small matmul: a smoke run")
     parser.add_argument("--output", default="runs/benchmark.json")
     args = parser.parse_args(argv)
-    if min(args.batch_size, args.epochs, args.seeds, *args.vae_batch_sizes) <= 0:
-        parser.error("--batch-size, --vae-batch-sizes, --epochs and --seeds must be positive")
+    if min(args.batch_size, args.epochs, args.seeds, args.matmul_size, *args.vae_batch_sizes) <= 0:
+        parser.error("--batch-size, --vae-batch-sizes, --epochs, --seeds and --matmul-size must be positive")
 
     images = data.load("mnist", "train").images
     if args.quick:
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2))
+    atomic_write_text(output, json.dumps(result, indent=2))
     print(f"wrote {output}")
     return 0
 
