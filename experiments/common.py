@@ -149,9 +149,8 @@ class Use:
 
 def main(defaults: Config, description: str, argv: list[str] | None = None, use: Use | None = None) -> int:
     """Parses flags over ``defaults``, runs the experiment, prints its summary; returns the exit code."""
-    args = vars(build_parser(defaults, description, use and use.name).parse_args(argv))
+    args, config = parse_run(defaults, description, argv, use and use.name)
     workdir = args["workdir"]
-    config = _config_from_flags(defaults, args)
     try:
         if use is not None:
             if config.seeds > 1:
@@ -183,6 +182,14 @@ def main(defaults: Config, description: str, argv: list[str] | None = None, use:
     if use is not None:
         print(f"{use.name}: " + ", ".join(f"{name} {_fmt_value(value)}" for name, value in summary[use.name].items()))
     return 0
+
+
+def parse_run(
+    defaults: Config, description: str, argv: list[str] | None, name: str | None = None
+) -> tuple[dict, Config]:
+    """The parsed flags of a single run, and its Config."""
+    args = vars(build_parser(defaults, description, name).parse_args(argv))
+    return args, _config_from_flags(defaults, args)
 
 
 def _config_from_flags(defaults: Config, values: dict) -> Config:
@@ -242,13 +249,20 @@ class Study:
     fixed: tuple[str, ...] = ("model", "seeds")  # Config fields the study sets itself
 
 
-def main_study(defaults: Config, description: str, study: Study, argv: list[str] | None = None) -> int:
-    """Trains every variant (resumable, like one run each), then measures them together."""
+def parse_study(
+    defaults: Config, description: str, study: Study, argv: list[str] | None
+) -> tuple[argparse.Namespace, Config]:
+    """The parsed flags of a study (its own included), and the Config its variants start from."""
     parser = build_parser(defaults, description, study.name, study.fixed)
     study.flags(parser)
     args = parser.parse_args(argv)
+    return args, _config_from_flags(defaults, {k: v for k, v in vars(args).items() if k not in study.fixed})
+
+
+def main_study(defaults: Config, description: str, study: Study, argv: list[str] | None = None) -> int:
+    """Trains every variant (resumable, like one run each), then measures them together."""
+    args, config = parse_study(defaults, description, study, argv)
     values = vars(args)
-    config = _config_from_flags(defaults, {k: v for k, v in values.items() if k not in study.fixed})
     workdir = Path(args.workdir)
     try:
         variants = study.variants(config, args)

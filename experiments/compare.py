@@ -101,6 +101,7 @@ def claim_verdict(from_epoch: int | None, epochs: int, time_ratio: float) -> str
     return f"{per_epoch}; conv_ae takes {time_ratio:.1f}x ae's time per epoch on this machine"
 
 
+STUDY = Study("compare", variants, analyse, add_flags, fixed=("model", "seeds", "widths"))
+
 if __name__ == "__main__":
-    study = Study("compare", variants, analyse, add_flags, fixed=("model", "seeds", "widths"))
-    raise SystemExit(main_study(DEFAULTS, __doc__, study))
+    raise SystemExit(main_study(DEFAULTS, __doc__, STUDY))

@@ -66,6 +66,7 @@ def analyse(variants: dict[str, Config], workdir: Path, args: argparse.Namespace
     return results
 
 
+STUDY = Study("features", variants, analyse, add_flags, fixed=("model", "seeds", "widths", "latent_dim"))
+
 if __name__ == "__main__":
-    study = Study("features", variants, analyse, add_flags, fixed=("model", "seeds", "widths", "latent_dim"))
-    raise SystemExit(main_study(DEFAULTS, __doc__, study))
+    raise SystemExit(main_study(DEFAULTS, __doc__, STUDY))

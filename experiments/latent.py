@@ -71,5 +71,7 @@ def analyse(variants: dict[str, Config], workdir: Path, args: argparse.Namespace
     return results
 
 
+STUDY = Study("latent", variants, analyse)
+
 if __name__ == "__main__":
-    raise SystemExit(main_study(DEFAULTS, __doc__, Study("latent", variants, analyse)))
+    raise SystemExit(main_study(DEFAULTS, __doc__, STUDY))

@@ -61,6 +61,7 @@ def analyse(variants: dict[str, Config], workdir: Path, args: argparse.Namespace
     return results
 
 
+STUDY = Study("nll", variants, analyse, add_flags, fixed=("model", "seeds", "widths", "latent_dim", "binarize"))
+
 if __name__ == "__main__":
-    study = Study("nll", variants, analyse, add_flags, fixed=("model", "seeds", "widths", "latent_dim", "binarize"))
-    raise SystemExit(main_study(DEFAULTS, __doc__, study))
+    raise SystemExit(main_study(DEFAULTS, __doc__, STUDY))

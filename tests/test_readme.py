@@ -1,5 +1,6 @@
 """The README's commands and code work as written."""
 
+import json
 import re
 from pathlib import Path
 
@@ -24,3 +25,22 @@ def test_library_example_runs(capsys):
     test_loss = float(capsys.readouterr().out.strip())
     assert 100 < test_loss < 250  # -ELBO of a VAE after two short epochs, in nats
     assert namespace["codes"].shape == (5, 8)
+
+
+def test_results_table_is_the_one_the_committed_runs_give():
+    from experiments import results
+
+    assert results.readme_with(README, results.table()) == README, "run python -m experiments.results"
+
+
+def test_results_rows_cite_the_configs_their_runs_used():
+    from experiments import results
+    from jaxae.experiment import Config
+
+    checked = 0
+    for row in results.ROWS:
+        path = results.RESULTS / row.folder / (row.variant or "") / "config.json"
+        if path.exists():
+            assert Config.from_json(json.loads(path.read_text())) == results.command_config(row.command, row.variant)
+            checked += 1
+    assert checked >= 7  # the four models, the seed study and both full-budget NLL runs

@@ -1,0 +1,181 @@
+"""The README's results table, rebuilt from the runs committed in experiments/results/.
+
+python -m experiments.results           # rewrite the table in README.md
+python -m experiments.results --check   # exit 1 when README.md does not match the committed runs
+
+Each row names the command that made it. The config column is what that command's flags
+give (the same parser the command uses), the figures come from the run's summary.json,
+and the budget from its config and its measured seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from experiments.common import Parser, parse_run, parse_study
+from jaxae import models
+from jaxae.experiment import Config
+from jaxae.files import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+README = ROOT / "README.md"
+BEGIN = "<!-- results table: python -m experiments.results -->"
+END = "<!-- end of results table -->"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One result: ``result(summary)`` reads the figure from ``experiments/results/<folder>/summary.json``."""
+
+    name: str
+    folder: str
+    command: str
+    result: Callable[[dict], str]
+    variant: str | None = None  # the study variant the row is about
+
+
+def _single(summary: dict) -> str:
+    mse = f"test MSE per pixel {summary['test_mse']:.5f}"
+    return f"test -ELBO {summary['test_loss']:.2f} nats, {mse}" if summary["model"].endswith("vae") else mse
+
+
+def _seeds(summary: dict) -> str:
+    return (
+        f"test -ELBO {summary['test_loss_mean']:.2f} ± {summary['test_loss_std']:.2f} nats "
+        f"(mean ± sd, seeds {summary['seeds'][0]}-{summary['seeds'][-1]})"
+    )
+
+
+def _compared(model: str) -> Callable[[dict], str]:
+    def result(summary: dict) -> str:
+        figures = summary["compare"]
+        return (
+            f"test MSE per pixel {figures[f'{model}_final_test_mse_mean']:.5f} ± "
+            f"{figures[f'{model}_final_test_mse_sd']:.5f} (mean ± sd, {figures['seeds']} seeds)"
+        )
+
+    return result
+
+
+def _verdict(summary: dict) -> str:
+    return f"the write-up's claim (conv_ae learns faster than ae): {summary['compare']['claim']}"
+
+
+def _nll(variant: str) -> Callable[[dict], str]:
+    def result(summary: dict) -> str:
+        figures = summary["nll"]
+        nll, stderr = figures[f"{variant}_test_iw_nll"], figures[f"{variant}_test_iw_nll_stderr"]
+        return (
+            f"test IW-NLL **{nll:.2f} ± {stderr:.2f}** nats (k = {figures['iw_samples']}, ± standard error), "
+            f"-ELBO {figures[f'{variant}_test_negative_elbo']:.2f}"
+        )
+
+    return result
+
+
+ROWS = (
+    Row("VAE", "vae", "python -m experiments.vae", _single),
+    Row("MLP autoencoder", "ae", "python -m experiments.ae", _single),
+    Row("conv autoencoder", "conv_ae", "python -m experiments.conv_ae", _single),
+    Row("conv VAE", "conv_vae", "python -m experiments.conv_vae", _single),
+    Row("VAE, 8 seeds", "vae_seeds8", "python -m experiments.vae --epochs 10 --seeds 8", _seeds),
+    *(Row(f"compare: {m}", "compare", "python -m experiments.compare", _compared(m), m) for m in models.MODELS),
+    Row("compare: verdict", "compare", "python -m experiments.compare", _verdict, "conv_ae"),
+    *(Row(f"NLL: {v}", "nll", "python -m experiments.nll", _nll(v), v) for v in ("vae_400_20", "vae_200x2_50")),
+    *(
+        Row(f"NLL, short: {v}", "nll_quick", "python -m experiments.nll --epochs 10 --iw-samples 1000", _nll(v), v)
+        for v in ("vae_400_20", "vae_200x2_50")
+    ),
+)
+
+
+def command_config(command: str, variant: str | None = None) -> Config:
+    """The Config that ``python -m experiments.<name> <flags>`` trains (a study: its ``variant``)."""
+    _, _, module_name, *argv = shlex.split(command)
+    module = importlib.import_module(module_name)
+    if not hasattr(module, "STUDY"):
+        return parse_run(module.DEFAULTS, module.__doc__, argv)[1]
+    args, config = parse_study(module.DEFAULTS, module.__doc__, module.STUDY, argv)
+    return module.STUDY.variants(config, args)[variant]
+
+
+def describe(config: Config) -> str:
+    """``vae 784-400-20, batch 128, Adam 0.001, seed 0``, with what differs from a plain run."""
+    if config.model.startswith("conv"):
+        shape = f"channels {'-'.join(map(str, config.widths))}, {config.latent_dim}-d code"
+    else:
+        shape = "-".join(map(str, (784, *config.widths, config.latent_dim)))
+    text = f"`{config.model}` {shape}, batch {config.batch_size}, Adam {config.learning_rate:g}"
+    if config.binarize != "none":
+        text += f", {config.binarize}ally binarized {config.dataset}"
+    elif config.dataset != "mnist":
+        text += f", {config.dataset}"
+    return text
+
+
+def budget(config: Config, row: Row) -> str:
+    """Epochs and seeds, and the measured seconds per epoch when the run recorded them."""
+    text = f"{config.epochs} epochs" + (f" × {config.seeds} seeds (vmapped)" if config.seeds > 1 else "")
+    folder = RESULTS / row.folder
+    summary = json.loads((folder / "summary.json").read_text())
+    if row.variant and (folder / row.variant / "summary.json").exists():  # a study's run, committed
+        summary = json.loads((folder / row.variant / "summary.json").read_text())
+    run = summary.get("per_seed", [summary])[0]  # vmapped seeds share their time
+    study = next(iter(summary.values())) if len(summary) == 1 else {}
+    if "train_seconds" in run:
+        text += f", {run['train_seconds'] / run['epochs']:.1f} s/epoch on {run['device']}"
+    elif f"{row.variant}_seconds_per_epoch" in study:
+        text += f", {study[f'{row.variant}_seconds_per_epoch']:.1f} s/epoch"
+    return text
+
+
+def table() -> str:
+    """The results table, in Markdown."""
+    lines = ["| result | measured | config | budget | command |", "| --- | --- | --- | --- | --- |"]
+    for row in ROWS:
+        summary = json.loads((RESULTS / row.folder / "summary.json").read_text())
+        config = command_config(row.command, row.variant)
+        link = f"[`{row.folder}/`](experiments/results/{row.folder}/)"
+        lines.append(
+            f"| {row.name} | {row.result(summary)} | {describe(config)} | {budget(config, row)} "
+            f"| `{row.command}` ({link}) |"
+        )
+    return "\n".join(lines)
+
+
+def readme_with(text: str, table_text: str) -> str:
+    """``text`` with the part between the BEGIN and END markers replaced by ``table_text``."""
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"README.md lacks the markers {BEGIN!r} and {END!r}")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{table_text}\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    args = parser.parse_args(argv)
+    current = README.read_text()
+    updated = readme_with(current, table())
+    if args.check:
+        if updated != current:
+            print("error: README.md's results table is out of date: run python -m experiments.results", file=sys.stderr)
+            return 1
+        print("README.md's results table matches experiments/results/")
+        return 0
+    atomic_write_text(README, updated)
+    print(f"wrote the results table ({len(ROWS)} rows) into {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
