@@ -46,6 +46,7 @@ def test_benchmark_command_writes_its_table(tmp_path, capsys):
     assert benchmark.main(argv) == 0
     result = json.loads(output.read_text())
     assert result["backend"] == jax.default_backend() and result["matmul_gflops_per_second"] > 0
+    assert result["matmul_gflops_per_second"] == max(result["matmul_gflops_per_second_before_and_after"])
     assert [(r["batch_size"], r["seeds"]) for r in result["rows"]] == [(256, 1), (256, 2)]
     single, together = result["rows"]
     assert together["flops_per_epoch"] == pytest.approx(2 * single["flops_per_epoch"], rel=0.01)
