@@ -107,8 +107,8 @@ def join_processes(launch: dict) -> None:
 def _fmt(value: float | list[float]) -> str:
     """A loss, or the mean and spread of several seeds' losses."""
     if isinstance(value, list):
-        return f"{statistics.mean(value):.5g}±{statistics.stdev(value):.2g}"
-    return f"{value:.5g}"
+        return f"{statistics.mean(value):#.5g}±{statistics.stdev(value):.2g}"
+    return f"{value:#.5g}"
 
 
 class Progress:
