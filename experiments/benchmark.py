@@ -3,21 +3,30 @@
     python -m experiments.benchmark                       # every model; the VAE at batch 64, 128, 512
     python -m experiments.benchmark --dtype bfloat16      # on a GPU or TPU
     python -m experiments.benchmark --quick               # tiny sizes, seconds
+    python -m experiments.benchmark --profile             # and where each row's time goes
 
 FLOPs per epoch come from XLA's cost analysis of one compiled train step, times the steps
 per epoch. The machine's float32 (or bfloat16) matmul throughput is measured in the same
 run with a large jitted matrix product, before and after the models (the better of the two:
 on a shared machine a neighbour can slow either), and each model's achieved GFLOP/s is set
 against it. The last rows train 8 VAEs at once (``jax.vmap``) against 8 separate runs.
+
+``--profile`` runs one more epoch per row under the JAX profiler and lists the XLA ops that
+took longest, each with the JAX operation it computes (from XLA's metadata).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
+import os
+import re
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -60,8 +69,53 @@ def step_flops(model, objective, state, images: np.ndarray, batch_size: int, sta
     return float(cost["flops"])
 
 
-def benchmark(model_name: str, batch_size: int, dtype: str, images: np.ndarray, epochs: int, seeds: int = 1) -> dict:
-    """Compiles and times ``1 + epochs`` epochs of training; returns one row of figures."""
+def top_ops(run: Callable[[], object], hlo_text: str, top: int = 10) -> tuple[float, list[dict]]:
+    """Profiles one call of ``run`` (which must block until done).
+
+    Returns the call's seconds under the profiler and its ``top`` longest XLA ops, longest
+    first: ``name``, ``computes`` (the JAX operation in ``hlo_text``'s metadata), total
+    ``seconds`` over the call and ``share`` of the call's time. On a CPU the ops are only
+    traced with ``--xla_cpu_enable_xprof_traceme=true`` in ``XLA_FLAGS`` (``main`` sets it).
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        with jax.profiler.trace(folder):
+            start = time.perf_counter()
+            run()
+            seconds = time.perf_counter() - start
+        profile = jax.profiler.ProfileData.from_file(str(next(Path(folder).rglob("*.xplane.pb"))))
+    totals = collections.Counter()
+    for plane in profile.planes:
+        for line in plane.lines:
+            for event in line.events:
+                if any(name == "hlo_op" for name, _ in event.stats):
+                    totals[event.name] += event.duration_ns / 1e9
+    computes = dict(re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]+)\"", hlo_text, re.MULTILINE))
+    return seconds, [
+        {"name": name, "computes": _short(computes.get(name, "")), "seconds": op_seconds, "share": op_seconds / seconds}
+        for name, op_seconds in totals.most_common(top)
+    ]
+
+
+def _short(op_name: str) -> str:
+    # "jit(train_epoch)/while/body/closed_call/transpose(jvp(VAE))/VAE.decode/..." -> from "transpose(...)"
+    return op_name.split("/closed_call/")[-1]
+
+
+def benchmark(
+    model_name: str,
+    batch_size: int,
+    dtype: str,
+    images: np.ndarray,
+    epochs: int,
+    seeds: int = 1,
+    *,
+    profile: bool = False,
+) -> dict:
+    """Compiles and times ``1 + epochs`` epochs of training; returns one row of figures.
+
+    With ``profile``, one more epoch runs under the profiler: ``profiled_epoch_seconds``
+    and ``top_ops`` (see :func:`top_ops`).
+    """
     widths = models.MODELS[model_name].widths  # the model's default size
     config = Config(model=model_name, batch_size=batch_size, dtype=dtype, widths=widths)
     model = build_model(config, images.shape[1:])
@@ -92,6 +146,16 @@ def benchmark(model_name: str, batch_size: int, dtype: str, images: np.ndarray, 
         jax.block_until_ready(means)
         times.append(time.perf_counter() - start)
     steady = statistics.median(times[1:])
+    profiled = {}
+    if profile:
+
+        def one_epoch():
+            nonlocal state
+            state, means = train_epoch(state, device_images, epoch_keys(epochs + 1))
+            jax.block_until_ready(means)
+
+        seconds, ops = top_ops(one_epoch, train_epoch.as_text())
+        profiled = {"profiled_epoch_seconds": seconds, "top_ops": ops}
     return {
         "model": model_name,
         "batch_size": batch_size,
@@ -103,7 +167,20 @@ def benchmark(model_name: str, batch_size: int, dtype: str, images: np.ndarray, 
         "images_per_second": seeds * len(images) / steady,
         "flops_per_epoch": flops,
         "gflops_per_second": flops / steady / 1e9,
+        **profiled,
     }
+
+
+def print_top_ops(rows: list[dict]) -> None:
+    for row in rows:
+        print(
+            f"{row['model']}, batch {row['batch_size']}, {row['seeds']} seed(s): longest ops of one profiled epoch "
+            f"({row['profiled_epoch_seconds']:.2f} s; the profiler slows it)"
+        )
+        for op in row["top_ops"]:
+            print(f"  {op['share']:4.0%}  {op['name']:24} {op['computes']}")
+        if not row["top_ops"]:
+            print("  no XLA ops in the trace (on a CPU, set XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,8 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=8, help="vmapped VAEs set against as many separate runs")
     parser.add_argument("--matmul-size", type=int, default=4096)
     parser.add_argument("--quick", action="store_true", help="2048 images, small matmul: a smoke run")
+    parser.add_argument("--profile", action="store_true", help="list each row's longest XLA ops (one more epoch)")
     parser.add_argument("--output", default="runs/benchmark.json")
     args = parser.parse_args(argv)
+    if args.profile:  # XLA:CPU traces its ops only when asked, before the backend starts
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_enable_xprof_traceme=true"
     if min(args.batch_size, args.epochs, args.seeds, args.matmul_size, *args.vae_batch_sizes) <= 0:
         parser.error("--batch-size, --vae-batch-sizes, --epochs, --seeds and --matmul-size must be positive")
 
@@ -133,14 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     plan = [(m, args.batch_size, 1) for m in args.models if m != "vae"]
     if "vae" in args.models:
         plan += [("vae", b, 1) for b in sorted({*args.vae_batch_sizes, args.batch_size})]
-        plan += [("vae", args.batch_size, args.seeds)]
+        plan += [("vae", args.batch_size, args.seeds)] if args.seeds > 1 else []
     rows = []
     header = (
         f"{'model':8} {'batch':>5} {'seeds':>5} {'compile s':>9} {'1st epoch s':>11} {'epoch s':>8} "
         f"{'images/s':>9} {'GFLOP/epoch':>11} {'GFLOP/s':>8} {'of matmul':>9}"
     )
     for model_name, batch_size, seeds in plan:
-        rows.append(benchmark(model_name, batch_size, args.dtype, images, args.epochs, seeds))
+        rows.append(benchmark(model_name, batch_size, args.dtype, images, args.epochs, seeds, profile=args.profile))
         print(
             f"  {model_name}, batch {batch_size}, {seeds} seed(s): {rows[-1]['epoch_seconds']:.3f} s per epoch",
             flush=True,
@@ -158,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['flops_per_epoch'] / 1e9:11.1f} {row['gflops_per_second']:8.1f} {row['fraction_of_matmul']:9.0%}",
             flush=True,
         )
-    if "vae" in args.models:
+    if "vae" in args.models and args.seeds > 1:
         single = next(r for r in rows if r["model"] == "vae" and r["batch_size"] == args.batch_size and r["seeds"] == 1)
         together = rows[-1]
         print(
@@ -166,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.seeds} separate runs: {args.seeds * single['epoch_seconds']:.2f} s "
             f"({args.seeds * single['epoch_seconds'] / together['epoch_seconds']:.2f}x)"
         )
+    if args.profile:
+        print_top_ops(rows)
     result = {
         "backend": jax.default_backend(),
         "device": device.device_kind,

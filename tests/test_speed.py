@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -53,6 +55,21 @@ def test_benchmark_command_writes_its_table(tmp_path, capsys):
     for row in result["rows"]:
         assert row["fraction_of_matmul"] == pytest.approx(row["gflops_per_second"] / result["matmul_gflops_per_second"])
     assert "2 VAEs vmapped" in capsys.readouterr().out
+
+
+def test_profile_names_the_matrix_products_among_the_longest_ops(tmp_path):
+    output = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "experiments.benchmark", "--quick", "--models", "vae", "--vae-batch-sizes"]
+    command += ["128", "--seeds", "1", "--epochs", "1", "--profile", "--output", str(output)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    for row in json.loads(output.read_text())["rows"]:
+        ops = row["top_ops"]
+        shares = [op["share"] for op in ops]
+        assert len(ops) >= 5 and shares == sorted(shares, reverse=True) and 0 < shares[-1] <= shares[0] <= 1
+        # The VAE's two large layers: forward and backward products lead the list.
+        assert sum("Dense_" in op["computes"] for op in ops[:5]) >= 4, ops
+    assert "longest ops of one profiled epoch" in finished.stdout
 
 
 def test_vmapped_seeds_equal_separate_runs(tmp_path, slice_config):
