@@ -139,22 +139,21 @@ def benchmark(
         .compile()
     )
     compile_seconds = time.perf_counter() - start
+
+    def run_epoch(epoch: int) -> None:
+        nonlocal state
+        state, means = train_epoch(state, device_images, epoch_keys(epoch))
+        jax.block_until_ready(means)
+
     times = []
     for epoch in range(1 + epochs):
         start = time.perf_counter()
-        state, means = train_epoch(state, device_images, epoch_keys(epoch))
-        jax.block_until_ready(means)
+        run_epoch(epoch)
         times.append(time.perf_counter() - start)
     steady = statistics.median(times[1:])
     profiled = {}
     if profile:
-
-        def one_epoch():
-            nonlocal state
-            state, means = train_epoch(state, device_images, epoch_keys(epochs + 1))
-            jax.block_until_ready(means)
-
-        seconds, ops = top_ops(one_epoch, train_epoch.as_text())
+        seconds, ops = top_ops(lambda: run_epoch(epochs + 1), train_epoch.as_text())
         profiled = {"profiled_epoch_seconds": seconds, "top_ops": ops}
     return {
         "model": model_name,
