@@ -128,7 +128,8 @@ def _show(ax, mosaic: np.ndarray) -> None:
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, format="png"))
+    # a file object has no suffix to infer from: name the format, as savefig(path) would
+    atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, format=path.suffix.lstrip(".") or None))
     return path
 
 

@@ -93,3 +93,10 @@ def test_missing_data_gives_one_line_and_exit_2(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: IDX folder") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("suffix", "magic"), [(".png", b"\x89PNG"), (".pdf", b"%PDF"), (".svg", b"<?xml")])
+def test_figures_are_written_in_the_format_their_suffix_names(tmp_path, suffix, magic):
+    history = [{"epoch": e, "train_loss": 2.0 / e, "test_loss": 2.1 / e} for e in (1, 2)]
+    path = plots.loss_curves(history, tmp_path / f"loss{suffix}", ylabel="loss")
+    assert path.read_bytes().startswith(magic)
