@@ -21,6 +21,11 @@ def assert_states_equal(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+def read_metrics(workdir) -> list[dict]:
+    """A run's metrics.jsonl: one record per epoch."""
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
 def restore_latest(workdir):
     """The final state of a run, restored from its checkpoints."""
     config = experiment.Config.from_json(json.loads((workdir / "config.json").read_text()))
@@ -68,8 +73,8 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, slice_co
     resumed, meta_b = restore_latest(tmp_path / "resumed")
     assert meta_a["epoch"] == meta_b["epoch"] == 3
     assert_states_equal(straight, resumed)
-    lines = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
-    expected = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(tmp_path / "resumed")
+    expected = read_metrics(tmp_path / "straight")
     assert [r["epoch"] for r in lines] == [1, 2, 3]
     assert [r["test_loss"] for r in lines] == [r["test_loss"] for r in expected]
 

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from jaxae import plots
+from tests.test_checkpoint import read_metrics
 
 ROWS = {"ae": 4, "vae": 4, "conv_ae": 6, "conv_vae": 4}  # originals and test reconstructions (+ train rows for conv_ae)
 
@@ -41,7 +42,7 @@ def test_experiment_writes_its_workdir(module, mnist_slice_dir, tmp_path):
     result = run(module, *slice_flags(mnist_slice_dir, tmp_path), "--epochs", "2", "--plot-epochs", "1", *widths)
     assert result.returncode == 0, result.stderr
     assert "mnist_slice/train: 512 images 28x28x1 from idx" in result.stdout
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(tmp_path)
     assert [r["epoch"] for r in records] == [1, 2]
     for r in records:
         assert {"train_loss", "test_loss", "test_mse", "epoch_seconds"} <= set(r)

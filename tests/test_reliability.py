@@ -3,7 +3,6 @@
 import contextlib
 import dataclasses
 import io
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from hypothesis import strategies as st
 
 from experiments import common, vae
 from jaxae import checkpoint, experiment, losses, models, train
-from tests.test_checkpoint import assert_states_equal, restore_latest
+from tests.test_checkpoint import assert_states_equal, read_metrics, restore_latest
 
 
 def cli_flags(config: experiment.Config, workdir) -> list[str]:
@@ -62,7 +61,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, slice_config):
     state_straight, meta_straight = restore_latest(tmp_path / "straight")
     assert meta_killed["epoch"] == meta_straight["epoch"] == config.epochs
     assert_states_equal(state_killed, state_straight)  # bitwise
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(workdir)
     assert [r["epoch"] for r in records] == list(range(1, config.epochs + 1))
     assert [r["test_loss"] for r in records] == [r["test_loss"] for r in meta_straight["history"]]
 
@@ -112,7 +111,7 @@ def test_a_corrupted_checkpoint_is_refused_with_its_epoch_named(corrupt, tmp_pat
 def test_resume_falls_back_past_a_corrupted_checkpoint_only_when_asked(tmp_path, slice_config):
     config = dataclasses.replace(slice_config, epochs=3)
     experiment.train_and_evaluate(config, tmp_path)
-    original = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    original = read_metrics(tmp_path)
     _flip_a_bit(tmp_path / "checkpoints" / "3")
     longer = dataclasses.replace(config, epochs=4)
     with pytest.raises(checkpoint.CheckpointError, match="epoch 3 .* corrupted .* pass --fall-back with --resume"):
@@ -125,7 +124,7 @@ def test_resume_falls_back_past_a_corrupted_checkpoint_only_when_asked(tmp_path,
     assert any("epoch 3" in m and "moved it to" in m for m in messages)
     assert any(m.endswith("from epoch 2") for m in messages)
     assert (tmp_path / "unreadable_checkpoints" / "3" / "state").is_dir()  # set aside, not deleted
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(tmp_path)
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     assert records[2]["test_loss"] == original[2]["test_loss"]  # epoch 3 trained again, identically
 
@@ -179,7 +178,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, slice_
         "error: could not save the checkpoint of epoch 2" in result.stderr
         and "the checkpoint of epoch 1 is intact: free disk space, then --resume" in result.stderr
     )
-    assert [r["epoch"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())] == [1]
+    assert [r["epoch"] for r in read_metrics(workdir)] == [1]
     messages = []
     summary = experiment.train_and_evaluate(config, workdir, resume=True, log=messages.append)
     assert "resumed" in messages[-1] and messages[-1].endswith("from epoch 1")
