@@ -121,11 +121,13 @@ def describe(config: Config) -> str:
     return text
 
 
-def budget(config: Config, row: Row) -> str:
-    """Epochs and seeds, and the measured seconds per epoch when the run recorded them."""
+def budget(config: Config, row: Row, summary: dict) -> str:
+    """Epochs and seeds, and the measured seconds per epoch when the run recorded them.
+
+    ``summary`` is the row's ``summary.json``; a study's variant, when committed, has its own.
+    """
     text = f"{config.epochs} epochs" + (f" × {config.seeds} seeds (vmapped)" if config.seeds > 1 else "")
     folder = RESULTS / row.folder
-    summary = json.loads((folder / "summary.json").read_text())
     if row.variant and (folder / row.variant / "summary.json").exists():  # a study's run, committed
         summary = json.loads((folder / row.variant / "summary.json").read_text())
     run = summary.get("per_seed", [summary])[0]  # vmapped seeds share their time
@@ -145,7 +147,7 @@ def table() -> str:
         config = command_config(row.command, row.variant)
         link = f"[`{row.folder}/`](experiments/results/{row.folder}/)"
         lines.append(
-            f"| {row.name} | {row.result(summary)} | {describe(config)} | {budget(config, row)} "
+            f"| {row.name} | {row.result(summary)} | {describe(config)} | {budget(config, row, summary)} "
             f"| `{row.command}` ({link}) |"
         )
     return "\n".join(lines)
