@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import types
@@ -12,11 +14,13 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
+from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 from tqdm import tqdm
 
 from jaxae import parallel
 from jaxae.checkpoint import CheckpointError
-from jaxae.data import DataError
+from jaxae.data import DataError, cache_dir
 from jaxae.experiment import Config, ConfigError, RestoredRun, restore_run, train_and_evaluate
 from jaxae.files import WriteError, atomic_write_text
 from jaxae.train import TrainingDiverged
@@ -36,6 +40,59 @@ def report(error: Exception) -> int:
     """Prints ``error`` as one line on stderr; returns the exit code: 2 for bad input, 1 for a fault."""
     print(f"error: {error}", file=sys.stderr)
     return 2 if isinstance(error, BAD_INPUT) else 1
+
+
+def default_compilation_cache() -> str:
+    """``$JAX_COMPILATION_CACHE_DIR``, or ``xla/`` in jaxae's cache folder (``$JAXAE_DATA_DIR``)."""
+    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(cache_dir() / "xla")
+
+
+@contextlib.contextmanager
+def compilation_cache(folder: str | Path | None):
+    """Inside, XLA programs are read from and saved to ``folder`` (falsy: not cached).
+
+    A later run that compiles the same program (same code, shapes, flags, JAX version and
+    device) loads it instead. Every program is kept, however quick to compile: loading
+    one is quicker still. The setting found on entry is restored on exit.
+    """
+    folder = _usable_folder(folder)
+    config = jax.config
+    found = (
+        config.jax_enable_compilation_cache,
+        config.jax_compilation_cache_dir,
+        config.jax_persistent_cache_min_compile_time_secs,
+    )
+    _set_compilation_cache(folder is not None, folder or found[1], 0.0)
+    try:
+        yield
+    finally:
+        _set_compilation_cache(*found)
+
+
+def _usable_folder(folder: str | Path | None) -> str | None:
+    """``folder``, created if absent; None, with a warning, if it cannot be written."""
+    if not folder:
+        return None
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as error:
+        reason = error.strerror or error
+        print(
+            f"warning: cannot keep compiled programs in {folder} ({reason}): compiling afresh; "
+            f"pass --compilation-cache a writable folder, or '' for none",
+            file=sys.stderr,
+        )
+        return None
+    return str(folder)
+
+
+def _set_compilation_cache(enabled: bool, folder: str | None, min_compile_seconds: float) -> None:
+    jax.config.update("jax_enable_compilation_cache", enabled)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
+    jax_compilation_cache.reset_cache()  # JAX reads the settings once; make it read them again
 
 
 def _flag_type(annotation) -> tuple[type, dict]:
@@ -75,6 +132,12 @@ def build_parser(
         "--fall-back",
         action="store_true",
         help="with --resume: set unreadable checkpoints aside and continue from the newest readable one",
+    )
+    parser.add_argument(
+        "--compilation-cache",
+        default=default_compilation_cache(),
+        help="keep compiled XLA programs here, so later runs skip compiling them; '' compiles afresh "
+        "(default: %(default)s)",
     )
     launch = parser.add_argument_group(
         "several processes (hosts)",
@@ -151,6 +214,12 @@ def main(defaults: Config, description: str, argv: list[str] | None = None, use:
     """Parses flags over ``defaults``, runs the experiment, prints its summary; returns the exit code."""
     args, config = parse_run(defaults, description, argv, use and use.name)
     workdir = args["workdir"]
+    with compilation_cache(args["compilation_cache"]):
+        return _run(config, workdir, args, use)
+
+
+def _run(config: Config, workdir: str, args: dict, use: Use | None) -> int:
+    """Trains (and measures ``use``); prints the summary; returns the exit code."""
     try:
         if use is not None:
             if config.seeds > 1:
@@ -262,6 +331,12 @@ def parse_study(
 def main_study(defaults: Config, description: str, study: Study, argv: list[str] | None = None) -> int:
     """Trains every variant (resumable, like one run each), then measures them together."""
     args, config = parse_study(defaults, description, study, argv)
+    with compilation_cache(args.compilation_cache):
+        return _run_study(config, args, study)
+
+
+def _run_study(config: Config, args: argparse.Namespace, study: Study) -> int:
+    """Trains the variants, measures them, writes and prints the summary; returns the exit code."""
     values = vars(args)
     workdir = Path(args.workdir)
     try:

@@ -1,6 +1,7 @@
 """The experiment scripts, run as users run them: `python -m experiments.<name>` in a subprocess."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,10 +14,9 @@ from tests.test_checkpoint import read_metrics
 ROWS = {"ae": 4, "vae": 4, "conv_ae": 6, "conv_vae": 4}  # originals and test reconstructions (+ train rows for conv_ae)
 
 
-def run(module, *flags, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", f"experiments.{module}", *flags], capture_output=True, text=True, cwd=cwd, timeout=600
-    )
+def run(module, *flags, cwd=None, env=None):
+    command = [sys.executable, "-m", f"experiments.{module}", *flags]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
 def slice_flags(mnist_slice_dir, workdir):
@@ -60,6 +60,22 @@ def test_experiment_writes_its_workdir(module, mnist_slice_dir, tmp_path):
         with Image.open(figures / "samples.png") as image:
             assert image.size == plots.grid_size(8, 8, labelled=False)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
+
+
+def test_a_later_run_loads_its_programs_from_the_compilation_cache(mnist_slice_dir, tmp_path):
+    cache = tmp_path / "xla"
+    flags = [*slice_flags(mnist_slice_dir, tmp_path / "run"), "--epochs", "1", "--widths", "32", "--overwrite"]
+    env = {**os.environ, "JAX_DEBUG_LOG_MODULES": "jax._src.compiler"}  # logs each cache hit
+
+    def loaded(result) -> set[str]:
+        assert result.returncode == 0, result.stderr
+        return {name for name in ("jit_train_epoch", "jit_evaluate") if f"cache hit for '{name}'" in result.stderr}
+
+    assert loaded(run("vae", *flags, "--compilation-cache", str(cache), env=env)) == set()
+    assert {path.name.split("-")[0] for path in cache.iterdir()} >= {"jit_train_epoch", "jit_evaluate"}
+    assert loaded(run("vae", *flags, "--compilation-cache", str(cache), env=env)) == {"jit_train_epoch", "jit_evaluate"}
+    warm = {**env, "JAX_COMPILATION_CACHE_DIR": str(cache)}  # '' wins over JAX's own setting
+    assert loaded(run("vae", *flags, "--compilation-cache", "", env=warm)) == set()
 
 
 @pytest.mark.parametrize(

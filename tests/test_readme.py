@@ -48,3 +48,13 @@ def test_results_rows_cite_the_configs_their_runs_used():
             assert dataclasses.replace(used, **{name: getattr(cited, name) for name in untrained}) == cited, row
             checked += 1
     assert checked >= 7  # the four models, the seed study and both full-budget NLL runs
+
+
+def test_the_flag_list_names_every_flag_of_the_scripts():
+    from experiments import common, vae
+
+    paragraph = README.split("Flags (each script")[1].split("\n\n")[0]
+    listed = set(re.findall(r"--[a-z][a-z-]*", paragraph)) - {"--help"}
+    parser = common.build_parser(vae.DEFAULTS, vae.__doc__)
+    flags = {option for action in parser._actions for option in action.option_strings if option.startswith("--")}
+    assert listed == flags - {"--help"} - {f for f in flags if f.startswith("--no-")}

@@ -269,3 +269,17 @@ def test_files_are_written_with_the_usual_permissions(tmp_path, slice_config):
     os.umask(umask)
     for name in ("config.json", "metrics.jsonl", "summary.json", "figures/loss.png"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_an_unusable_compilation_cache_warns_once_and_the_run_goes_on(tmp_path, slice_config):
+    (tmp_path / "a_file").write_text("")
+    config = dataclasses.replace(slice_config, epochs=1)
+    found = jax.config.jax_compilation_cache_dir
+    cache = tmp_path / "a_file" / "xla"
+    code, stderr = run_cli([*cli_flags(config, tmp_path / "run"), "--compilation-cache", str(cache)])
+    assert code == 0 and [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1]
+    assert stderr.splitlines() == [
+        f"warning: cannot keep compiled programs in {cache} (Not a directory): compiling afresh; "
+        "pass --compilation-cache a writable folder, or '' for none"
+    ]
+    assert jax.config.jax_compilation_cache_dir == found and jax.config.jax_enable_compilation_cache  # restored
