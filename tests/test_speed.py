@@ -17,9 +17,12 @@ from tests.test_checkpoint import restore_latest
 
 def test_benchmark_row_is_consistent(mnist_small):
     images = mnist_small[0]
+    cache_setting = jax.config.jax_compilation_cache_dir
     row = benchmark.benchmark("vae", 64, "float32", images, epochs=2)
+    assert jax.config.jax_compilation_cache_dir == cache_setting  # the benchmark's own folder is gone
     assert row["compile_seconds"] > 0 and row["epoch_seconds"] > 0
     assert row["first_epoch_seconds"] > row["compile_seconds"]
+    assert row["cache_hit"] and row["first_epoch_cached_seconds"] > row["cached_compile_seconds"] > 0
     assert row["images_per_second"] == pytest.approx(len(images) / row["epoch_seconds"])
     assert row["gflops_per_second"] == pytest.approx(row["flops_per_epoch"] / row["epoch_seconds"] / 1e9)
     # Dense layers of 784-400-20(x2)-400-784: forward, backward to weights, backward to
