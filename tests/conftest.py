@@ -1,5 +1,6 @@
 """Shared fixtures: real MNIST (cached after the first load) and small slices of it."""
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -7,7 +8,9 @@ from pathlib import Path
 
 # One XLA compilation cache for the whole session, subprocesses included: many tests
 # compile the same small programs. Set before jax is imported, as jax reads it then.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxae-xla-cache-"))
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxae-xla-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import numpy as np  # noqa: E402
