@@ -283,3 +283,11 @@ def test_an_unusable_compilation_cache_warns_once_and_the_run_goes_on(tmp_path, 
         "pass --compilation-cache a writable folder, or '' for none"
     ]
     assert jax.config.jax_compilation_cache_dir == found and jax.config.jax_enable_compilation_cache  # restored
+
+
+def test_the_compilation_cache_defaults_to_jax_setting_then_jaxae_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXAE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))
+    assert common.default_compilation_cache() == str(tmp_path / "jax")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    assert common.default_compilation_cache() == str(tmp_path / "data" / "xla")
