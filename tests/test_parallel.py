@@ -13,6 +13,7 @@ import pytest
 
 from jaxae import models, train
 from jaxae.checkpoint import Checkpoints
+from tests.test_checkpoint import read_metrics
 
 EIGHT_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 
@@ -104,8 +105,7 @@ def test_two_processes_train_like_one(mnist_slice_dir, tmp_path):
     np.testing.assert_allclose(
         [r["test_loss"] for r in two_meta["history"]], [r["test_loss"] for r in one_meta["history"]], rtol=1e-5
     )
-    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # written once, not once per process
+    assert [r["epoch"] for r in read_metrics(tmp_path / "two")] == [1, 2]  # written once, not once per process
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert (summary["devices"], summary["processes"]) == (4, 2)
     assert (tmp_path / "two" / "figures" / "reconstructions_epoch_01.png").exists()
