@@ -40,7 +40,7 @@ import numpy as np
 import optax
 
 from experiments.common import Parser, compilation_cache
-from jaxae import data, losses, models, train
+from jaxae import data, losses, models, parallel, train
 from jaxae.experiment import DTYPES, Config, build_model
 from jaxae.files import atomic_write_text
 
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     device = jax.devices()[0]
     matmul_before = matmul_gflops(args.dtype, args.matmul_size)
     print(
-        f"{jax.default_backend()} ({device.device_kind}), {args.dtype}: "
+        f"{jax.default_backend()} ({device.device_kind}) on {parallel.host_description()}, {args.dtype}: "
         f"{args.matmul_size}x{args.matmul_size} matmul {matmul_before:.1f} GFLOP/s; {len(images)} images per epoch"
     )
     plan = [(m, args.batch_size, 1) for m in args.models if m != "vae"]
@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "backend": jax.default_backend(),
         "device": device.device_kind,
+        "host": parallel.host_description(),
         "device_count": jax.device_count(),
         "jax": jax.__version__,
         "matmul_size": args.matmul_size,

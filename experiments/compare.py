@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import Study, main_study
+from experiments.common import Study, count, main_study
 from jaxae import models, plots
 from jaxae.experiment import Config, ConfigError
 
@@ -77,6 +77,7 @@ def analyse(variants: dict[str, Config], workdir: Path, args: argparse.Namespace
         title=f"mean ± sd over {args.seeds} seeds",
         yscale="log",
         spreads={name: values.std(0, ddof=1) for name, values in mse.items()},
+        integer_x=True,
     )
     conv, mlp = mse["conv_ae"].mean(0), mse["ae"].mean(0)
     from_epoch = first_epoch_from_which_lower(conv, mlp)
@@ -95,7 +96,7 @@ def claim_verdict(from_epoch: int | None, epochs: int, time_ratio: float) -> str
     if from_epoch == 1:
         per_epoch = "holds per epoch: conv_ae's mean test MSE is below ae's at every epoch"
     elif from_epoch is None:
-        per_epoch = f"does not hold per epoch: conv_ae's mean test MSE is not below ae's after {epochs} epochs"
+        per_epoch = f"does not hold per epoch: conv_ae's mean test MSE is not below ae's after {count(epochs, 'epoch')}"
     else:
         per_epoch = f"holds per epoch only from epoch {from_epoch} of {epochs}"
     return f"{per_epoch}; conv_ae takes {time_ratio:.1f}x ae's time per epoch on this machine"

@@ -422,6 +422,7 @@ class SeedRun:
             "num_params": sum(x.size for x in jax.tree.leaves(state.params)),
             "backend": jax.default_backend(),
             "device": jax.devices()[0].device_kind,
+            "host": parallel.host_description(),
             "devices": jax.device_count(),
             "processes": jax.process_count(),
         }
@@ -444,10 +445,15 @@ class RunFigures:
         self._decode = jax.jit(lambda params, z: jax.nn.sigmoid(model.apply(params, z, method=model.decode)))
 
     def epoch(self, params, epoch: int, history: list[dict]) -> None:
-        """``reconstructions_epoch_XX.png`` (originals on top, test reconstructions below) and ``loss.png``."""
-        groups = [("test originals", self.test_images)]
+        """``reconstructions_epoch_XX.png`` (originals on top, test reconstructions below) and ``loss.png``.
+
+        With ``train_rows``, training originals and their reconstructions come first.
+        """
+        groups = []
         if self.config.train_rows:
+            groups.append(("train originals", self.train_images))
             groups.append(("train reconstructions", self._reconstruct(params, self.train_images)))
+        groups.append(("test originals", self.test_images))
         if self.test_inputs is None:
             groups.append(("test reconstructions", self._reconstruct(params, self.test_images)))
         else:

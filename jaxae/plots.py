@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from jaxae.files import atomic_write
 
@@ -80,7 +81,7 @@ def loss_curves(history: Sequence[dict], path: str | Path, *, ylabel: str, title
     """Train and test loss per epoch from ``fit`` records (keys ``epoch``, ``train_loss``, ``test_loss``)."""
     epochs = [r["epoch"] for r in history]
     series = {split: (epochs, [r[f"{split}_loss"] for r in history]) for split in ("train", "test")}
-    return curves(series, path, xlabel="epoch", ylabel=ylabel, title=title)
+    return curves(series, path, xlabel="epoch", ylabel=ylabel, title=title, integer_x=True)
 
 
 def curves(
@@ -93,9 +94,11 @@ def curves(
     xscale: str = "linear",
     yscale: str = "linear",
     spreads: dict[str, Sequence[float]] | None = None,
+    integer_x: bool = False,
 ) -> Path:
     """One line with markers per ``label: (x, y)``, 600x400 pixels; ``spreads[label]``
-    shades ``y ± spread`` (for example a standard deviation over seeds)."""
+    shades ``y ± spread`` (for example a standard deviation over seeds); ``integer_x``
+    puts ticks on whole numbers only (epochs)."""
     fig = Figure(figsize=(6, 4), dpi=DPI)
     ax = fig.add_subplot()
     for label, (x, y) in series.items():
@@ -105,6 +108,8 @@ def curves(
             ax.fill_between(x, y - spread, y + spread, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xscale(xscale)
     ax.set_yscale(yscale)
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
