@@ -30,7 +30,11 @@ FAULTS = (TrainingDiverged, CheckpointError, WriteError)  # exit code 1: the mes
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line, like every other error of the experiments."""
+    """argparse whose errors are one line, like every other error of the experiments, and
+    whose usage names the command as it is typed: ``python -m experiments.vae``."""
+
+    def __init__(self, *args, prog: str | None = None, **kwargs):
+        super().__init__(*args, prog=prog or _prog(), **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"error: {message}: see --help\n")
@@ -119,13 +123,16 @@ def build_parser(
         if kind is not bool:
             extra["type"] = kind
         default = getattr(defaults, field.name)
+        shown = f"{default}; with --resume, the run's own" if field.name in SAVED_WHEN_RESUMED else default
         parser.add_argument(
             f"--{field.name.replace('_', '-')}",
-            default=default,
-            help=f"{field.metadata['help']} (default: {default})",
+            default=None if field.name in SAVED_WHEN_RESUMED else default,
+            help=f"{field.metadata['help']} (default: {shown})",
             **extra,
         )
-    parser.add_argument("--workdir", default=f"runs/{name or defaults.model}", help="where the run's files go")
+    parser.add_argument(
+        "--workdir", default=f"runs/{name or defaults.model}", help="where the run's files go (default: %(default)s)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="delete a previous run in --workdir first")
     parser.add_argument(
@@ -154,6 +161,15 @@ def build_parser(
 
 
 LAUNCH_FLAGS = ("coordinator_address", "num_processes", "process_id", "distributed")
+# Flags that, when not given, take the resumed run's saved value instead of the script's default.
+SAVED_WHEN_RESUMED = ("epochs",)
+
+
+def _prog() -> str | None:
+    """``python -m experiments.vae`` when an experiment runs as a module; else argparse's default."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", "")
+    return f"python -m {name}" if name.startswith("experiments.") else None
 
 
 def join_processes(launch: dict) -> None:
@@ -238,12 +254,13 @@ def _run(config: Config, workdir: str, args: dict, use: Use | None) -> int:
     if config.seeds > 1:
         print(
             f"{config.model}: test loss {summary['test_loss_mean']:.5g} ± {summary['test_loss_std']:.2g} "
-            f"(mean ± sd over seeds {summary['seeds'][0]}..{summary['seeds'][-1]}) after {final['epochs']} epochs, "
+            f"(mean ± sd over seeds {summary['seeds'][0]}..{summary['seeds'][-1]}) "
+            f"after {count(final['epochs'], 'epoch')}, "
             f"{summary['total_seconds']:.0f} s on {final['device']}; results in {workdir}/seed_<s>"
         )
         return 0
     print(
-        f"{config.model}: test loss {final['test_loss']:.5g} after {final['epochs']} epochs "
+        f"{config.model}: test loss {final['test_loss']:.5g} after {count(final['epochs'], 'epoch')} "
         f"(best {final['best_test_loss']:.5g} at epoch {final['best_epoch']}), "
         f"test MSE per pixel {final['test_mse']:.5f}, {final['total_seconds']:.0f} s on {final['device']}; "
         f"results in {workdir}"
@@ -264,13 +281,29 @@ def parse_run(
 def _config_from_flags(defaults: Config, values: dict) -> Config:
     """``defaults`` with the parsed values of the Config fields among ``values``."""
     fields = {f.name for f in dataclasses.fields(Config)}
-    flags = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields}
-    return dataclasses.replace(defaults, **flags)
+    given = {k: v for k, v in values.items() if k in fields and not (k in SAVED_WHEN_RESUMED and v is None)}
+    return dataclasses.replace(defaults, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+
+
+def _with_saved_epochs(config: Config, workdir: Path, flags: dict, log: Callable[[str], None]) -> Config:
+    """With --resume and no --epochs, the run continues to its own ``epochs``, not the script's default."""
+    if not flags["resume"] or flags.get("epochs") is not None:
+        return config
+    try:
+        epochs = json.loads((workdir / "config.json").read_text())["epochs"]
+    except (OSError, ValueError, TypeError, KeyError):  # no run, or a broken one: the workdir check says which
+        return config
+    if not isinstance(epochs, int) or isinstance(epochs, bool):
+        return config
+    log(f"resuming to the run's own {count(epochs, 'epoch')} (pass --epochs to train longer)")
+    return dataclasses.replace(config, epochs=epochs)
 
 
 def _train(config: Config, workdir: str | Path, flags: dict, *, speaks: bool) -> dict:
     """``train_and_evaluate`` with progress and log lines, printed by the process that speaks;
-    ``flags`` holds the parsed --resume, --overwrite and --fall-back."""
+    ``flags`` holds the parsed --resume, --overwrite, --fall-back and --epochs."""
+    log = (lambda m: print(m, flush=True)) if speaks else (lambda m: None)
+    config = _with_saved_epochs(config, Path(workdir), flags, log)
     progress = Progress(config.epochs)
     try:
         return train_and_evaluate(
@@ -279,7 +312,7 @@ def _train(config: Config, workdir: str | Path, flags: dict, *, speaks: bool) ->
             resume=flags["resume"],
             overwrite=flags["overwrite"],
             fall_back=flags["fall_back"],
-            log=lambda m: print(m, flush=True) if speaks else None,
+            log=log,
             on_epoch=progress if speaks else lambda record: None,
         )
     finally:
@@ -291,6 +324,11 @@ def _measure_use(use: Use, workdir: Path, summary: dict) -> dict:
     summary = {**summary, use.name: use.analyse(restore_run(workdir), workdir)}
     atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def count(n: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _fmt_value(value) -> str:

@@ -133,7 +133,7 @@ def budget(config: Config, row: Row, summary: dict) -> str:
     run = summary.get("per_seed", [summary])[0]  # vmapped seeds share their time
     study = next(iter(summary.values())) if len(summary) == 1 else {}
     if "train_seconds" in run:
-        text += f", {run['train_seconds'] / run['epochs']:.1f} s/epoch on {run['device']}"
+        text += f", {run['train_seconds'] / run['epochs']:.1f} s/epoch on {run.get('host', run['device'])}"
     elif f"{row.variant}_seconds_per_epoch" in study:
         text += f", {study[f'{row.variant}_seconds_per_epoch']:.1f} s/epoch"
     return text
@@ -166,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
     args = parser.parse_args(argv)
+    if not (README.is_file() and RESULTS.is_dir()):
+        print(
+            f"error: experiments.results rebuilds README.md from the committed runs of a jaxae checkout, "
+            f"and {ROOT} is an installed copy: run it in a clone of jaxae",
+            file=sys.stderr,
+        )
+        return 2
     current = README.read_text()
     updated = readme_with(current, table())
     if args.check:

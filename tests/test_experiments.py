@@ -2,8 +2,10 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -11,7 +13,7 @@ from PIL import Image
 from jaxae import plots
 from tests.test_checkpoint import read_metrics
 
-ROWS = {"ae": 4, "vae": 4, "conv_ae": 6, "conv_vae": 4}  # originals and test reconstructions (+ train rows for conv_ae)
+ROWS = {"ae": 4, "vae": 4, "conv_ae": 8, "conv_vae": 4}  # test originals and reconstructions (+ train ones for conv_ae)
 
 
 def run(module, *flags, cwd=None, env=None):
@@ -48,6 +50,7 @@ def test_experiment_writes_its_workdir(module, mnist_slice_dir, tmp_path):
         assert {"train_loss", "test_loss", "test_mse", "epoch_seconds"} <= set(r)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["test_loss"] == records[-1]["test_loss"] and summary["total_seconds"] > 0
+    assert summary["host"].endswith(f"{os.cpu_count()} cores")  # times are quoted with their machine
     assert json.loads((tmp_path / "config.json").read_text())["model"] == module
     figures = tmp_path / "figures"
     for epoch in (1, 2):
@@ -62,6 +65,7 @@ def test_experiment_writes_its_workdir(module, mnist_slice_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_a_later_run_loads_its_programs_from_the_compilation_cache(mnist_slice_dir, tmp_path):
     cache = tmp_path / "xla"
     flags = [*slice_flags(mnist_slice_dir, tmp_path / "run"), "--epochs", "1", "--widths", "32", "--overwrite"]
@@ -117,3 +121,79 @@ def test_figures_are_written_in_the_format_their_suffix_names(tmp_path, suffix, 
     history = [{"epoch": e, "train_loss": 2.0 / e, "test_loss": 2.1 / e} for e in (1, 2)]
     path = plots.loss_curves(history, tmp_path / f"loss{suffix}", ylabel="loss")
     assert path.read_bytes().startswith(magic)
+
+
+def test_resume_alone_continues_to_the_runs_own_epochs(mnist_slice_dir, tmp_path, capsys):
+    from experiments import common, vae
+
+    flags = [*slice_flags(mnist_slice_dir, tmp_path), "--widths", "16", "--plot-epochs", "1"]
+    assert common.main(vae.DEFAULTS, vae.__doc__, [*flags, "--epochs", "1"]) == 0
+    assert " after 1 epoch (best" in capsys.readouterr().out  # not "1 epochs"
+    assert common.main(vae.DEFAULTS, vae.__doc__, [*flags, "--resume"]) == 0  # the script's default is 20
+    out = capsys.readouterr().out
+    assert "resuming to the run's own 1 epoch (pass --epochs to train longer)" in out
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1]
+    assert common.main(vae.DEFAULTS, vae.__doc__, [*flags, "--resume", "--epochs", "2"]) == 0
+    assert "resuming to the run's own" not in capsys.readouterr().out
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
+    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 2
+
+
+def test_loss_curves_tick_whole_epochs_only(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig))
+    history = [{"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.1 / e} for e in (1, 2, 3, 4)]
+    plots.loss_curves(history, tmp_path / "loss.png", ylabel="loss")
+    (axes,) = drawn[0].axes
+    ticks = [t for t in axes.get_xticks() if 1 <= t <= 4]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+@pytest.mark.slow
+def test_commands_from_a_normal_install_work_or_say_they_need_a_checkout(tmp_path):
+    """`pip install .` (not editable) ships jaxae and experiments without the README or the
+    committed runs: every command's --help works and names the command as it is typed;
+    experiments.results, which rewrites the checkout's README, says so in one line."""
+    site, source = tmp_path / "site", tmp_path / "source"  # a copy: the build leaves build/ behind
+    root = Path(__file__).resolve().parents[1]
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    for package in ("jaxae", "experiments"):
+        shutil.copytree(root / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(source)]
+    subprocess.run(install, check=True, capture_output=True, timeout=300)
+    script = """
+import contextlib, io, json, pkgutil, runpy, sys
+import experiments
+assert experiments.__file__.startswith(sys.argv[1]), experiments.__file__
+found = {}
+for module in pkgutil.iter_modules(experiments.__path__):
+    if module.name == "common":
+        continue
+    sys.argv = [module.name, "--help"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        runpy.run_module(f"experiments.{module.name}", run_name="__main__", alter_sys=True)
+    found[module.name] = out.getvalue()
+print(json.dumps(found))
+"""
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    helps = subprocess.run(
+        [sys.executable, "-c", script, str(site)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
+    assert helps.returncode == 0, helps.stderr
+    helps = json.loads(helps.stdout)
+    assert {"vae", "ae", "conv_ae", "conv_vae", "nll", "benchmark", "results", "torch_reference"} <= set(helps)
+    for name, text in helps.items():
+        assert text.startswith(f"usage: python -m experiments.{name}"), (name, text[:80])
+    assert "(default: runs/vae)" in " ".join(helps["vae"].split())
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.results", "--check"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert (
+        result.stderr.startswith("error: experiments.results rebuilds README.md")
+        and "run it in a clone" in result.stderr
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
