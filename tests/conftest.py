@@ -12,6 +12,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxae-xla-cache-")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# The suite compiles hundreds of small programs and runs each for milliseconds: LLVM's
+# optimisation passes would cost a third of its time. Same programs, same results (the
+# matrix products are library calls either way); the benchmarks run at the default level.
+FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), FAST_COMPILE_FLAG]))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -36,6 +36,7 @@ def test_notebooks_are_stored_without_outputs(name):
     assert "JAXAE_SMOKE" in code[1].source  # the parameters cell, right after the install cell
 
 
+@pytest.mark.slow
 def test_colab_notebook_trains_saves_and_restores(tmp_path, monkeypatch):
     results = execute("colab_tpu", tmp_path, monkeypatch)
     assert results["backend"] == "cpu" and results["devices"] >= 1
@@ -48,6 +49,7 @@ def test_colab_notebook_trains_saves_and_restores(tmp_path, monkeypatch):
     assert sorted(p.name for p in (run_dir / "figures").iterdir()) == ["loss.png", "reconstructions.png", "samples.png"]
 
 
+@pytest.mark.slow
 def test_extend_notebook_builds_and_trains_new_models(tmp_path, monkeypatch):
     results = execute("extend", tmp_path, monkeypatch)
     kl = {float(beta): value for beta, value in results["kl"].items()}

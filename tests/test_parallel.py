@@ -15,9 +15,19 @@ from jaxae import models, train
 from jaxae.checkpoint import Checkpoints
 from tests.test_checkpoint import read_metrics
 
-EIGHT_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+
+def with_devices(count: int) -> dict:
+    """The environment, with XLA's CPU split into ``count`` devices (the suite's other XLA flags kept)."""
+    return {
+        **os.environ,
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}",
+    }
 
 
+EIGHT_DEVICES = with_devices(8)
+
+
+@pytest.mark.slow
 def test_eight_devices_train_like_one(mnist_slice_dir):
     result = subprocess.run(
         [sys.executable, "-m", "tests.parallel_worker", str(mnist_slice_dir)],
@@ -67,6 +77,7 @@ def restore_params(workdir):
     return jax.device_get(state.params), int(state.step), meta
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(mnist_slice_dir, tmp_path):
     flags = [
         *("--dataset", "mnist_slice", "--data-source", "idx", "--data-dir", str(mnist_slice_dir)),
@@ -74,7 +85,7 @@ def test_two_processes_train_like_one(mnist_slice_dir, tmp_path):
     ]
     command = [sys.executable, "-m", "experiments.vae", *flags]
     address = f"127.0.0.1:{free_port()}"
-    two_devices = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    two_devices = with_devices(2)
     processes = [
         subprocess.Popen(
             [*command, "--workdir", str(tmp_path / "two"), "--coordinator-address", address]

@@ -33,6 +33,7 @@ def cli_flags(config: experiment.Config, workdir) -> list[str]:
     return [*flags, "--workdir", str(workdir)]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, slice_config):
     config = dataclasses.replace(slice_config, epochs=12)
     workdir = tmp_path / "killed"
