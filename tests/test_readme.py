@@ -13,10 +13,14 @@ def blocks(language):
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
 
 
-def test_ci_runs_the_readme_setup_command_verbatim():
-    install_and_test = blocks("bash")[0].splitlines()[0]
-    assert install_and_test in (ROOT / ".ci" / "run").read_text()
-    assert blocks("bash")[0].splitlines()[1] == "python -m experiments.vae"
+def test_setup_is_two_commands_each_working_alone_on_a_fresh_clone():
+    """.ci/run runs these two lines verbatim, in order, from a fresh clone."""
+    setup = README.split("## Set-up", 1)[1]
+    main_job, tests = re.search(r"```bash\n(.*?)```", setup, flags=re.S).group(1).splitlines()
+    fresh_venv = "python3 -m venv .venv && . .venv/bin/activate && pip install -e "
+    assert main_job == fresh_venv + ". && python -m experiments.vae"
+    assert tests == fresh_venv + '".[dev]" && python -m pytest'
+    assert "## Set-up" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_library_example_runs(capsys):
