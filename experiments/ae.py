@@ -4,8 +4,8 @@ python -m experiments.ae                           # 30 epochs; figures at epoch
 python -m experiments.ae --latent-dim 2 --workdir runs/ae2
 """
 
-from experiments.common import main
-from jaxae.experiment import Config
+from experiments.harness import main
+from jaxae.config import Config
 
 DEFAULTS = Config(model="ae", epochs=30, plot_epochs=(15, 20))
 

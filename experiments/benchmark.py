@@ -37,11 +37,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from experiments.common import Parser, compilation_cache
-from jaxae import data, losses, models, parallel, train
-from jaxae.experiment import DTYPES, Config, build_model
+from experiments.cli import Parser, compilation_cache
+from jaxae import data, models, parallel, train
+from jaxae.config import DTYPES, Config, build_model, build_objective, build_optimizer
 from jaxae.files import atomic_write_text
 
 BENCHMARKED = ("ae", "vae", "conv_ae")
@@ -68,7 +67,7 @@ def step_flops(model, objective, state, images: np.ndarray, batch_size: int, sta
         step = jax.vmap(step, in_axes=(0, None, None, 0))
     batch = jnp.asarray(images[:batch_size])
     mask = jnp.ones(batch_size)
-    key = jax.random.split(jax.random.key(0), state.step.shape[0]) if stacked else jax.random.key(0)
+    key = train.seed_keys(range(state.step.shape[0])) if stacked else jax.random.key(0)
     cost = jax.jit(step).lower(state, batch, mask, key).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost["flops"])
@@ -146,17 +145,19 @@ def benchmark(
     widths = models.MODELS[model_name].widths  # the model's default size
     config = Config(model=model_name, batch_size=batch_size, dtype=dtype, widths=widths)
     model = build_model(config, images.shape[1:])
-    objective = losses.objective_for(model)
-    tx = optax.adam(config.learning_rate)
-    keys = jax.random.split(jax.random.key(0), seeds)
-    states = [train.create_state(model, tx, images.shape[1:], key=k) for k in keys]
+    objective = build_objective(config)
+    tx = build_optimizer(config, steps_per_epoch=math.ceil(len(images) / batch_size))
     stacked = seeds > 1
-    state = train.stack(states) if stacked else states[0]
-    epoch_keys = (
-        (lambda e: jax.vmap(jax.random.fold_in, (0, None))(keys, e))
-        if stacked
-        else (lambda e: jax.random.fold_in(keys[0], e))
-    )
+    if stacked:
+        keys = train.seed_keys(range(seeds))
+        state = train.create_states(model, tx, images.shape[1:], keys=keys)
+    else:
+        keys = jax.random.key(0)
+        state = train.create_state(model, tx, images.shape[1:], key=keys)
+
+    def epoch_keys(epoch: int) -> jax.Array:
+        return train.epoch_key(keys, epoch, stacked=stacked)
+
     flops = step_flops(model, objective, state, images, batch_size, stacked) * math.ceil(len(images) / batch_size)
     device_images = jax.device_put(images)
 

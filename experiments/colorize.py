@@ -16,9 +16,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.common import Use, main
+from experiments.harness import Use, main
 from jaxae import corruptions, evaluate, plots, train
-from jaxae.experiment import Config, ConfigError, RestoredRun
+from jaxae.config import Config, ConfigError
+from jaxae.workdir import RestoredRun
 
 DEFAULTS = Config(
     model="conv_ae", dataset="colored_mnist", epochs=5, widths=(16, 32), inputs="grayscale", plot_epochs=()

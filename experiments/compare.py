@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import Study, count, main_study
+from experiments.cli import count
+from experiments.harness import Study, main_study
 from jaxae import models, plots
-from jaxae.experiment import Config, ConfigError
+from jaxae.config import Config, ConfigError
 
 DEFAULTS = Config(epochs=10, plot_epochs=())
 

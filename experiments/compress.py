@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from experiments.common import Use, main
+from experiments.harness import Use, main
 from jaxae import evaluate, plots, train
-from jaxae.experiment import Config, RestoredRun
+from jaxae.config import Config
+from jaxae.workdir import RestoredRun
 
 DEFAULTS = Config(model="ae", epochs=20, plot_epochs=())
 BITS = (8, 6, 4)

@@ -4,8 +4,8 @@ python -m experiments.conv_ae                      # 10 epochs; figures at epoch
 python -m experiments.conv_ae --widths 32 64 --latent-dim 32 --workdir runs/conv_wide
 """
 
-from experiments.common import main
-from jaxae.experiment import Config
+from experiments.harness import main
+from jaxae.config import Config
 
 DEFAULTS = Config(model="conv_ae", epochs=10, plot_epochs=(5, 10), widths=(16, 32), train_rows=True)
 

@@ -5,8 +5,8 @@ python -m experiments.conv_vae                     # 10 epochs; figures at epoch
 python -m experiments.conv_vae --widths 32 64 --workdir runs/conv_vae_wide
 """
 
-from experiments.common import main
-from jaxae.experiment import Config
+from experiments.harness import main
+from jaxae.config import Config
 
 DEFAULTS = Config(model="conv_vae", epochs=10, plot_epochs=(5, 10), widths=(16, 32))
 

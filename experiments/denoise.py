@@ -13,9 +13,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.common import Use, main
+from experiments.harness import Use, main
 from jaxae import evaluate, plots, train
-from jaxae.experiment import Config, ConfigError, RestoredRun, corrupt_function
+from jaxae.config import Config, ConfigError, corrupt_function
+from jaxae.workdir import RestoredRun
 
 DEFAULTS = Config(
     model="conv_ae",

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import Study, main_study
+from experiments.harness import Study, main_study
 from experiments.latent import probe_accuracy
 from jaxae import evaluate, models, plots, train
-from jaxae.experiment import Config, ConfigError, restore_run
+from jaxae.config import Config, ConfigError
+from jaxae.workdir import restore_run
 
 DEFAULTS = Config(epochs=5, plot_epochs=())
 

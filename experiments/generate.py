@@ -15,16 +15,17 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.common import Use, main
-from jaxae import evaluate, plots, probe, train
-from jaxae.experiment import Config, ConfigError, RestoredRun
+from experiments.harness import Use, main
+from jaxae import evaluate, models, plots, probe, train
+from jaxae.config import Config, ConfigError
+from jaxae.workdir import RestoredRun
 
 DEFAULTS = Config(model="vae", epochs=20, plot_epochs=())
 SAMPLES, PAIRS, STEPS = 10_000, 8, 10
 
 
 def check(config: Config) -> None:
-    if not config.model.endswith("vae"):
+    if not models.MODELS[config.model].variational:
         raise ConfigError(f"generate samples a prior: use --model vae or conv_vae, not {config.model}")
 
 

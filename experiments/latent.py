@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import Study, main_study
+from experiments.harness import Study, main_study
 from jaxae import evaluate, plots, probe, train
-from jaxae.experiment import Config, restore_run
+from jaxae.config import Config
+from jaxae.workdir import restore_run
 
 DEFAULTS = Config(epochs=10, latent_dim=2, plot_epochs=())
 LATTICE = 20

@@ -18,9 +18,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.common import Study, main_study
+from experiments.harness import Study, main_study
 from jaxae import evaluate, losses, train
-from jaxae.experiment import Config, ConfigError, RestoredRun, restore_run
+from jaxae.config import Config, ConfigError
+from jaxae.workdir import RestoredRun, restore_run
 
 DEFAULTS = Config(model="vae", epochs=100, binarize="dynamic", plot_epochs=())
 ARCHITECTURES = {"vae_400_20": ((400,), 20), "vae_200x2_50": ((200, 200), 50)}
@@ -44,7 +45,7 @@ def measure(run: RestoredRun, samples: int) -> dict:
     test = np.asarray(train.to_float(run.test_set.images))
     key = jax.random.key(run.config.seed + 3)
     nll = evaluate.dataset_nll(run.model, run.params, test, key, samples=samples)
-    elbo = evaluate.batched(lambda params, x: losses.elbo_objective(run.model, params, x, key)[0], run.params, test)
+    elbo = evaluate.objective_values(run.model, losses.elbo_objective, run.params, test, key)
     return {
         "epochs": run.epoch,
         "test_negative_elbo": float(elbo.mean()),

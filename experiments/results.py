@@ -19,9 +19,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments.common import Parser, parse_run, parse_study
+from experiments.cli import Parser, parse_run
+from experiments.harness import parse_study
 from jaxae import models
-from jaxae.experiment import Config
+from jaxae.config import Config
 from jaxae.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ class Row:
 
 def _single(summary: dict) -> str:
     mse = f"test MSE per pixel {summary['test_mse']:.5f}"
-    return f"test -ELBO {summary['test_loss']:.2f} nats, {mse}" if summary["model"].endswith("vae") else mse
+    return f"test -ELBO {summary['test_loss']:.2f} nats, {mse}" if models.MODELS[summary["model"]].variational else mse
 
 
 def _seeds(summary: dict) -> str:

@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 
-from experiments.common import Parser
+from experiments.cli import Parser
 from jaxae import data
 
 

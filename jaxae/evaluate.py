@@ -1,12 +1,15 @@
 """Measurements of trained models: reconstructions, codes and PSNR over whole datasets.
 
 Every function takes float images in [0, 1] ``(N, H, W, C)`` and works in batches, so a
-whole test set fits in memory whatever the model.
+whole test set fits in memory whatever the model. Each compiles once per model and batch
+shape, however often it is called: its jitted program is kept per model, and parameters
+and data are arguments, never constants baked into the program.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -33,24 +36,58 @@ def batched(fn: Callable[[object, jax.Array], jax.Array], params, x: np.ndarray,
 
     ``params`` is an argument, not a closure, so it is not baked into the program as constants.
     """
-    jitted = jax.jit(fn)
+    jitted = _jit(fn)
     batches = [jitted(params, jnp.asarray(x[start : start + batch_size])) for start in range(0, len(x), batch_size)]
     return np.concatenate([np.asarray(batch) for batch in batches])
 
 
+_jit = functools.cache(jax.jit)  # one jitted wrapper, and so one compile, per function
+
+
+@functools.cache
+def _reconstruction(model: nn.Module) -> Callable:
+    return lambda params, batch: jax.nn.sigmoid(model.apply(params, batch).logits)
+
+
+@functools.cache
+def _code(model: nn.Module) -> Callable:
+    return lambda params, batch: model.apply(params, batch).z
+
+
+@functools.cache
+def _decoding(model: nn.Module) -> Callable:
+    return lambda params, batch: jax.nn.sigmoid(model.apply(params, batch, method=model.decode))
+
+
 def reconstruct(model: nn.Module, params, x: np.ndarray) -> np.ndarray:
     """Pixel means ``sigmoid(decode(encode(x)))`` ``(N, H, W, C)``; a VAE decodes its posterior mean."""
-    return batched(lambda p, batch: jax.nn.sigmoid(model.apply(p, batch).logits), params, x)
+    return batched(_reconstruction(model), params, x)
 
 
 def encode(model: nn.Module, params, x: np.ndarray) -> np.ndarray:
     """Codes ``(N, latent_dim)``: ``z`` for autoencoders, the posterior mean for a VAE."""
-    return batched(lambda p, batch: model.apply(p, batch).z, params, x)
+    return batched(_code(model), params, x)
 
 
 def decode(model: nn.Module, params, z: np.ndarray) -> np.ndarray:
     """Pixel means ``(N, H, W, C)`` of codes ``(N, latent_dim)``."""
-    return batched(lambda p, batch: jax.nn.sigmoid(model.apply(p, batch, method=model.decode)), params, z)
+    return batched(_decoding(model), params, z)
+
+
+def objective_values(model: nn.Module, objective, params, x: np.ndarray, key: jax.Array) -> np.ndarray:
+    """``objective``'s per-example loss ``(N,)`` on images ``x`` (inputs and targets), batch ``b``
+    drawing with ``fold_in(key, b)``: for example the one-sample ``-ELBO`` of a test set."""
+    values = _objective_values(model, objective)
+    batches = [
+        values(params, jnp.asarray(x[start : start + 1000]), jax.random.fold_in(key, b))
+        for b, start in enumerate(range(0, len(x), 1000))
+    ]
+    return np.concatenate([np.asarray(batch) for batch in batches])
+
+
+@functools.cache
+def _objective_values(model: nn.Module, objective) -> Callable:
+    return jax.jit(lambda params, x, key: objective(model, params, x, x, key)[0])
 
 
 def log_normal(z: jax.Array, mean: jax.Array | float = 0.0, logvar: jax.Array | float = 0.0) -> jax.Array:
@@ -97,12 +134,17 @@ def dataset_nll(
     model: nn.Module, params, images: np.ndarray, key: jax.Array, *, samples: int, batch_size: int = 100
 ) -> np.ndarray:
     """:func:`importance_weighted_nll` of every image ``(N,)``; batch ``b`` draws with ``fold_in(key, b)``."""
-    nll = jax.jit(lambda p, x, k: importance_weighted_nll(model, p, x, k, samples=samples))
+    nll = _dataset_nll(model, samples)
     batches = [
         nll(params, jnp.asarray(images[start : start + batch_size]), jax.random.fold_in(key, b))
         for b, start in enumerate(range(0, len(images), batch_size))
     ]
     return np.concatenate([np.asarray(batch) for batch in batches])
+
+
+@functools.cache
+def _dataset_nll(model: nn.Module, samples: int) -> Callable:
+    return jax.jit(lambda params, x, key: importance_weighted_nll(model, params, x, key, samples=samples))
 
 
 @dataclasses.dataclass(frozen=True)

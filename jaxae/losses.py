@@ -10,11 +10,14 @@ Conventions, stated once:
 - The KL term is ``KL(q(z|x) || N(0, I)) >= 0`` and is *added*: the VAE minimises
   ``-ELBO = reconstruction + KL``.
 
-An objective is ``objective(model, params, x, key) -> (loss (N,), metrics)``, with ``x``
-floats in [0, 1] ``(N, H, W, C)`` and ``metrics`` a dict of ``(N,)`` arrays. Every
-objective reports ``mse`` so that models trained on different losses can be compared.
-The built-in ones also take ``inputs=``: what the model reads when it is not ``x``
-itself (noisy or grey images; see :func:`with_inputs`).
+An objective is ``objective(model, params, inputs, targets, key) -> (loss, metrics)``:
+the model reads ``inputs`` and is scored against ``targets``, both floats in [0, 1]
+``(N, H, W, C)`` (the same images unless a corruption changed the inputs, see
+:func:`with_inputs`); ``key`` is this step's, for any draw the objective makes; ``loss``
+is ``(N,)`` and ``metrics`` a dict of ``(N,)`` arrays, per example, so that the trainer
+can mask padding and average. The built-in objectives report ``mse``, so models trained
+on different losses can be compared. :data:`OBJECTIVES` names them; register your own
+there to train it by name.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import jax.numpy as jnp
 from jaxae import corruptions
 
 Metrics = dict[str, jax.Array]
-Objective = Callable[[nn.Module, dict, jax.Array, jax.Array], tuple[jax.Array, Metrics]]
+Objective = Callable[[nn.Module, dict, jax.Array, jax.Array, jax.Array], tuple[jax.Array, Metrics]]
 
 
 def _flat(x: jax.Array) -> jax.Array:
@@ -78,43 +81,47 @@ def negative_elbo(logits: jax.Array, targets: jax.Array, mean: jax.Array, logvar
 
 
 def reconstruction_objective(
-    model: nn.Module, params, x: jax.Array, key: jax.Array, *, inputs: jax.Array | None = None
+    model: nn.Module, params, inputs: jax.Array, targets: jax.Array, key: jax.Array
 ) -> tuple[jax.Array, Metrics]:
-    """Deterministic autoencoders: minimise the MSE per pixel of ``sigmoid(logits)``.
-
-    The model reads ``inputs`` (default ``x``) and is scored against ``x``.
-    """
-    inputs = x if inputs is None else inputs
+    """Deterministic autoencoders: the MSE per pixel of ``sigmoid(logits)`` against ``targets``."""
     logits = _flat(model.apply(params, inputs, key=key).logits).astype(jnp.float32)
-    mse = squared_error(nn.sigmoid(logits), x)
-    return mse, {"mse": mse, "bce": bernoulli_nll(logits, x)}
+    mse = squared_error(nn.sigmoid(logits), targets)
+    return mse, {"mse": mse, "bce": bernoulli_nll(logits, targets)}
 
 
 def elbo_objective(
-    model: nn.Module, params, x: jax.Array, key: jax.Array, *, inputs: jax.Array | None = None
+    model: nn.Module, params, inputs: jax.Array, targets: jax.Array, key: jax.Array
 ) -> tuple[jax.Array, Metrics]:
-    """Variational autoencoders: minimise ``-ELBO`` with one reparameterized sample.
+    """Variational autoencoders: ``-ELBO`` with one reparameterized sample drawn from ``key``.
 
-    The encoder reads ``inputs`` (default ``x``); the likelihood scores ``x``.
+    The encoder reads ``inputs``; the Bernoulli likelihood scores ``targets``.
     """
-    out = model.apply(params, x if inputs is None else inputs, key=key)
+    out = model.apply(params, inputs, key=key)
     logits = _flat(out.logits).astype(jnp.float32)  # losses in float32 whatever the compute dtype
-    reconstruction = bernoulli_nll(logits, x)
+    reconstruction = bernoulli_nll(logits, targets)
     kl = gaussian_kl(out.mean.astype(jnp.float32), out.logvar.astype(jnp.float32))
-    metrics = {"reconstruction": reconstruction, "kl": kl, "mse": squared_error(nn.sigmoid(logits), x)}
+    metrics = {"reconstruction": reconstruction, "kl": kl, "mse": squared_error(nn.sigmoid(logits), targets)}
     return reconstruction + kl, metrics
 
 
+OBJECTIVES: dict[str, Objective] = {"reconstruction": reconstruction_objective, "elbo": elbo_objective}
+
+
+def default_objective(model: nn.Module) -> str:
+    """The name of the objective a model trains on unless told: ``elbo`` when it is variational."""
+    return "elbo" if model.variational else "reconstruction"
+
+
 def with_inputs(objective: Objective, corrupt: Callable[[jax.Array, jax.Array], jax.Array]) -> Objective:
-    """An objective whose model reads ``corrupt(key, x)`` and is scored against the clean ``x``.
+    """An objective whose model reads ``corrupt(key, inputs)``, scored against the same ``targets``.
 
     ``corrupt`` draws from its own key, split from the step's key: denoising and
     colourisation are this with noise or grey inputs.
     """
 
-    def corrupted_objective(model: nn.Module, params, x: jax.Array, key: jax.Array) -> tuple[jax.Array, Metrics]:
+    def corrupted_objective(model: nn.Module, params, inputs, targets, key) -> tuple[jax.Array, Metrics]:
         corrupt_key, key = jax.random.split(key)
-        return objective(model, params, x, key, inputs=corrupt(corrupt_key, x))
+        return objective(model, params, corrupt(corrupt_key, inputs), targets, key)
 
     return corrupted_objective
 
@@ -122,17 +129,14 @@ def with_inputs(objective: Objective, corrupt: Callable[[jax.Array, jax.Array], 
 def binarized(objective: Objective) -> Objective:
     """An objective on images binarized afresh at each call: pixel ~ Bernoulli(grey level).
 
+    Inputs and targets are binarized with the same draw, so a clean pair stays equal.
     Images that are already binary pass unchanged, so a test set binarized once can be
     scored with the same objective.
     """
 
-    def binarized_objective(model: nn.Module, params, x: jax.Array, key: jax.Array) -> tuple[jax.Array, Metrics]:
+    def binarized_objective(model: nn.Module, params, inputs, targets, key) -> tuple[jax.Array, Metrics]:
         binarize_key, key = jax.random.split(key)
-        return objective(model, params, corruptions.binarize(binarize_key, x), key)
+        binary_inputs, binary_targets = (corruptions.binarize(binarize_key, x) for x in (inputs, targets))
+        return objective(model, params, binary_inputs, binary_targets, key)
 
     return binarized_objective
-
-
-def objective_for(model: nn.Module) -> Objective:
-    """The objective a model trains on by default: ``-ELBO`` when it is variational."""
-    return elbo_objective if getattr(model, "variational", False) else reconstruction_objective

@@ -8,6 +8,7 @@ trained with Adam on the softmax cross-entropy, full passes in a jitted ``lax.sc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -30,9 +31,7 @@ class Classifier:
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         x = (np.asarray(features, np.float32).reshape(len(features), -1) - self.mean) / self.scale
-        return evaluate.batched(
-            lambda params, batch: jax.nn.softmax(self.model.apply(params, batch)), self.params, x, 10_000
-        )
+        return evaluate.batched(_probabilities(self.model), self.params, x, 10_000)
 
     def accuracy(self, features: np.ndarray, labels: np.ndarray) -> float:
         return float(np.mean(self.predict_proba(features).argmax(1) == np.asarray(labels)))
@@ -67,6 +66,19 @@ def fit_classifier(
     epochs = max(epochs, math.ceil(min_steps / math.ceil(len(x) / batch_size)))
     init_key, order_key = jax.random.split(key)
     params = model.init(init_key, x[:1])
+    run = _trainer(model, epochs, batch_size, learning_rate)
+    return Classifier(model, run(params, x, jnp.asarray(labels), order_key), mean, scale)
+
+
+@functools.cache
+def _probabilities(model: models.MLP):
+    return lambda params, batch: jax.nn.softmax(model.apply(params, batch))
+
+
+@functools.cache
+def _trainer(model: models.MLP, epochs: int, batch_size: int, learning_rate: float):
+    """``run(params, x (N, D), labels (N,), key) -> params``, jitted once per model and settings:
+    the features are an argument, not constants in the program."""
     tx = optax.adam(learning_rate)
 
     def loss_fn(params, batch, batch_labels, mask):
@@ -74,14 +86,14 @@ def fit_classifier(
         return jnp.sum(losses * mask) / jnp.sum(mask)
 
     @jax.jit
-    def run(params, key):
+    def run(params, x, labels, key):
         def epoch(carry, epoch_key):
             indices, mask = train.batch_indices(jax.random.permutation(epoch_key, len(x)), batch_size)
 
             def step(carry, batch):
                 params, opt_state = carry
                 batch_indices, batch_mask = batch
-                grads = jax.grad(loss_fn)(params, x[batch_indices], jnp.asarray(labels)[batch_indices], batch_mask)
+                grads = jax.grad(loss_fn)(params, x[batch_indices], labels[batch_indices], batch_mask)
                 updates, opt_state = tx.update(grads, opt_state, params)
                 return (optax.apply_updates(params, updates), opt_state), None
 
@@ -90,4 +102,4 @@ def fit_classifier(
         (params, _), _ = jax.lax.scan(epoch, (params, tx.init(params)), jax.random.split(key, epochs))
         return params
 
-    return Classifier(model, run(params, order_key), mean, scale)
+    return run

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -42,10 +42,15 @@ def create_state(
     model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, int, int], *, key: jax.Array
 ) -> TrainState:
     """Initialises parameters and optimizer state for images of ``image_shape`` (H, W, C)."""
-    params_key, noise_key = jax.random.split(key)
-    params = _init_function(model, tuple(image_shape))(params_key, noise_key)
+    params = init_params(model, image_shape, key)
     state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
     return state.replace(step=jnp.zeros((), jnp.int32))  # an array, so checkpoints restore its dtype
+
+
+def init_params(model: nn.Module, image_shape: tuple[int, int, int], key: jax.Array) -> dict:
+    """Fresh parameters of ``model`` for images of ``image_shape`` (H, W, C), drawn from ``key``."""
+    params_key, noise_key = jax.random.split(key)
+    return _init_function(model, tuple(image_shape))(params_key, noise_key)
 
 
 @functools.cache
@@ -92,7 +97,7 @@ def make_train_step(model: nn.Module, objective: Objective) -> Callable:
         x = to_float(images)
 
         def loss_fn(params):
-            loss, metrics = objective(model, params, x, key)
+            loss, metrics = objective(model, params, x, x, key)
             return jnp.sum(loss * mask) / jnp.sum(mask), (loss, metrics)
 
         grads, (loss, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -166,17 +171,18 @@ def _jit_over_mesh(fn: Callable, mesh: jax.sharding.Mesh, *, donate: bool = Fals
 
 def make_evaluate(
     model: nn.Module,
-    objective: Objective,
+    objectives: dict[str, Objective],
     batch_size: int = 1000,
     *,
     stacked: bool = False,
     mesh: jax.sharding.Mesh | None = None,
 ) -> Callable:
-    """A jitted ``evaluate(params, images uint8 (N, H, W, C), key) -> means`` over all N images.
+    """A jitted ``evaluate(params, images uint8 (N, H, W, C), key) -> {name: means}`` over all N images.
 
-    Batches of about ``batch_size`` (rounded up to a multiple of the device count) are
-    split over the devices of ``mesh`` (default: all). With ``stacked``, ``params`` and
-    ``key`` carry a leading seed axis.
+    One pass over the images scores every objective of ``objectives``, each with the
+    batch's key. Batches of about ``batch_size`` (rounded up to a multiple of the device
+    count) are split over the devices of ``mesh`` (default: all). With ``stacked``,
+    ``params`` and ``key`` carry a leading seed axis.
     """
     mesh = parallel.data_mesh() if mesh is None else mesh
     split = parallel.batch_sharding(mesh)
@@ -191,11 +197,14 @@ def make_evaluate(
         def body(_, batch):
             batch_indices_, batch_mask, batch_key = parallel_batch(batch, split)
             x = to_float(rows[batch_indices_]).reshape(-1, *images.shape[1:])
-            loss, metrics = objective(model, params, x, batch_key)
-            return None, _masked_sums(loss, metrics, batch_mask)
+            sums = {}
+            for name, objective in objectives.items():
+                loss, metrics = objective(model, params, x, x, batch_key)
+                sums[name] = _masked_sums(loss, metrics, batch_mask)
+            return None, sums
 
         _, sums = jax.lax.scan(body, None, (indices, mask, keys))
-        return _means(sums)
+        return {name: _means(totals) for name, totals in sums.items()}
 
     return _jit_over_mesh(_over_seeds(evaluate, stacked), mesh)
 
@@ -203,6 +212,28 @@ def make_evaluate(
 def stack(trees: list):
     """Pytrees of one seed each -> one pytree with a leading seed axis."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _per_seed(fn: Callable, stacked: bool) -> Callable:
+    """``fn(key)``, applied to each seed's key when ``stacked``."""
+    return jax.vmap(fn) if stacked else fn
+
+
+def seed_keys(seeds: Sequence[int]) -> jax.Array:
+    """``jax.random.key(s)`` for each seed, stacked ``(S,)``: the keys of ``S`` runs trained at once."""
+    return jnp.stack([jax.random.key(seed) for seed in seeds])
+
+
+def epoch_key(key: jax.Array, epoch: int, *, stacked: bool = False) -> jax.Array:
+    """The key of ``epoch``: ``fold_in(key, epoch)``, for each seed's key when ``stacked``."""
+    return _per_seed(lambda k: jax.random.fold_in(k, epoch), stacked)(key)
+
+
+def create_states(
+    model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, int, int], *, keys: jax.Array
+) -> TrainState:
+    """One fresh state per key of ``keys (S,)``, stacked along a leading seed axis (see :func:`fit`)."""
+    return stack([create_state(model, tx, image_shape, key=key) for key in keys])
 
 
 def unstack(tree, index: int):
@@ -223,6 +254,9 @@ def fit(
     start_epoch: int = 0,
     on_epoch_end: EpochCallback | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    stacked: bool = False,
+    evaluate_with: dict[str, Objective] | None = None,
+    eval_batch_size: int = 1000,
 ) -> tuple[TrainState, list[dict]]:
     """Trains epochs ``start_epoch + 1 .. epochs`` and evaluates on the test set after each.
 
@@ -230,50 +264,53 @@ def fit(
         state: the state after ``start_epoch`` epochs (fresh: 0).
         train_images, test_images: uint8 ``(N, H, W, C)``; put on the device once.
         key: the run's training key; epoch ``e`` trains with ``fold_in(key, e)`` and every
-            evaluation uses the same key, so test figures compare across epochs. A batch
-            of ``S`` keys, with ``state`` stacked to match (:func:`stack`), trains ``S``
-            models at once; each trains exactly as it would alone with its own key.
+            evaluation uses the same key, so test figures compare across epochs.
         on_epoch_end: called as ``on_epoch_end(state, record)`` after each epoch.
         mesh: the devices to train on (default: all, over all processes); ``batch_size``
             is the global batch. Every process passes the same arguments.
+        stacked: train ``S`` models at once: ``state`` carries a leading seed axis
+            (:func:`create_states`) and ``key`` is ``S`` keys (:func:`seed_keys`); each
+            model trains exactly as it would alone with its own key.
+        evaluate_with: more objectives to score the test set with, by name, besides
+            the training objective (a tighter bound, the ELBO of a model trained on
+            another objective).
+        eval_batch_size: test images per evaluation batch.
 
     Returns:
         The final state and one record per epoch trained: ``epoch``, ``train_<metric>``,
-        ``test_<metric>`` (``loss`` and the objective's metrics) and ``epoch_seconds``.
-        With ``S`` keys each metric is a list of ``S`` values.
+        ``test_<metric>`` (``loss`` and the training objective's metrics),
+        ``test_<name>_<metric>`` for each objective of ``evaluate_with``, and
+        ``epoch_seconds``. With ``stacked`` each metric is a list of ``S`` values.
 
     Raises:
         TrainingDiverged: a loss became NaN or infinite; ``state`` from before that epoch
             was already handed to ``on_epoch_end``.
     """
-    stacked = key.ndim == 1
-    split, fold_in = (
-        (jax.vmap(jax.random.split), jax.vmap(jax.random.fold_in, (0, None)))
-        if stacked
-        else (jax.random.split, jax.random.fold_in)
-    )
-    keys = split(key)
+    keys = _per_seed(jax.random.split, stacked)(key)
     train_key, eval_key = keys[..., 0], keys[..., 1]
     mesh = parallel.data_mesh() if mesh is None else mesh
     train_epoch = make_train_epoch(model, objective, batch_size, stacked=stacked, mesh=mesh)
-    evaluate = make_evaluate(model, objective, stacked=stacked, mesh=mesh)
+    objectives = {"": objective, **(evaluate_with or {})}
+    evaluate = make_evaluate(model, objectives, eval_batch_size, stacked=stacked, mesh=mesh)
     state, train_images, test_images, train_key, eval_key = parallel.replicate(
         (state, train_images, test_images, train_key, eval_key), mesh
     )
     history = []
     for epoch in range(start_epoch + 1, epochs + 1):
         start = time.perf_counter()
-        state, train_means = train_epoch(state, train_images, fold_in(train_key, epoch))
+        state, train_means = train_epoch(state, train_images, epoch_key(train_key, epoch, stacked=stacked))
         test_means = evaluate(state.params, test_images, eval_key)
         train_means, test_means = jax.device_get((train_means, test_means))
         record = {"epoch": epoch}
         record |= {f"train_{name}": np.asarray(value).tolist() for name, value in train_means.items()}
-        record |= {f"test_{name}": np.asarray(value).tolist() for name, value in test_means.items()}
+        for objective_name, means in test_means.items():
+            prefix = f"test_{objective_name}_" if objective_name else "test_"
+            record |= {f"{prefix}{name}": np.asarray(value).tolist() for name, value in means.items()}
         record["epoch_seconds"] = time.perf_counter() - start
         if not np.all(np.isfinite([record["train_loss"], record["test_loss"]])):
             raise TrainingDiverged(
                 f"loss became {record['train_loss']} (train) / {record['test_loss']} (test) in epoch {epoch}: "
-                f"lower the learning rate (--learning-rate) and start again"
+                f"lower the `learning_rate` and start again"
             )
         history.append(record)
         if on_epoch_end is not None:

@@ -75,7 +75,7 @@ def mnist_slice_dir(tmp_path_factory, mnist_train, mnist_test) -> Path:
 @pytest.fixture
 def slice_config(mnist_slice_dir):
     """A config that trains in seconds on the MNIST slice."""
-    from jaxae.experiment import Config
+    from jaxae.config import Config
 
     return Config(
         model="vae",

@@ -32,7 +32,7 @@ def main(data_dir: str) -> None:
     report = {}
     for name, widths in (("vae", (64,)), ("conv_ae", (8, 16))):
         model = models.MODELS[name](widths=widths, latent_dim=8)
-        objective = losses.objective_for(model)
+        objective = losses.OBJECTIVES[losses.default_objective(model)]
         runs = {}
         for devices in (1, 8):
             mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from jaxae import checkpoint, experiment, losses, models, train
+from jaxae.config import Config, ConfigError, build_model
 
 
 def leaves(state):
@@ -28,8 +29,8 @@ def read_metrics(workdir) -> list[dict]:
 
 def restore_latest(workdir):
     """The final state of a run, restored from its checkpoints."""
-    config = experiment.Config.from_json(json.loads((workdir / "config.json").read_text()))
-    model = experiment.build_model(config, (28, 28, 1))
+    config = Config.from_json(json.loads((workdir / "config.json").read_text()))
+    model = build_model(config, (28, 28, 1))
     template = train.create_state(model, optax.adam(config.learning_rate), (28, 28, 1), key=jax.random.key(99))
     with checkpoint.Checkpoints(workdir / "checkpoints") as ckpts:
         return ckpts.restore(template)
@@ -96,9 +97,9 @@ def test_a_workdir_holding_a_run_is_not_overwritten_by_accident(tmp_path, slice_
     config = dataclasses.replace(slice_config, epochs=1)
     experiment.train_and_evaluate(config, tmp_path)
     before = (tmp_path / "metrics.jsonl").read_text()
-    with pytest.raises(experiment.ConfigError, match="--resume to continue it or --overwrite"):
+    with pytest.raises(ConfigError, match="pass `resume` to continue it or `overwrite`"):
         experiment.train_and_evaluate(config, tmp_path)
-    with pytest.raises(experiment.ConfigError, match=r"latent_dim \(4 -> 6\)"):
+    with pytest.raises(ConfigError, match=r"latent_dim \(4 -> 6\)"):
         experiment.train_and_evaluate(dataclasses.replace(config, latent_dim=6), tmp_path, resume=True)
     assert (tmp_path / "metrics.jsonl").read_text() == before
     summary = experiment.train_and_evaluate(dataclasses.replace(config, latent_dim=6), tmp_path, overwrite=True)

@@ -173,7 +173,7 @@ def test_tfds_unprepared_without_tensorflow_says_how_to_fix(tmp_path, empty_cach
         data.load("mnist", "train", source="tfds", data_dir=tmp_path)
     message = str(raised.value)
     assert message.startswith("TFDS needs TensorFlow to prepare 'mnist' and it is not installed: ")
-    assert data.TF_INSTALL in message and message.endswith("offline, use --data-source bundled")
+    assert data.TF_INSTALL in message and message.endswith("offline, use `data_source` bundled")
 
 
 def test_the_tensorflow_hint_installs_an_extra_the_project_defines():
@@ -216,6 +216,6 @@ def test_download_fails_fast_and_clearly_offline(empty_cache):
     try:
         ds = data.load("mnist", "test", source="download")
     except data.DataError as error:
-        assert "--data-source bundled" in str(error)
+        assert "`data_source` bundled" in str(error)
     else:  # a machine with a network: the download must be the canonical data
         assert ds.source == "download" and len(ds) == 10000

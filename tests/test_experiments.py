@@ -124,16 +124,16 @@ def test_figures_are_written_in_the_format_their_suffix_names(tmp_path, suffix, 
 
 
 def test_resume_alone_continues_to_the_runs_own_epochs(mnist_slice_dir, tmp_path, capsys):
-    from experiments import common, vae
+    from experiments import harness, vae
 
     flags = [*slice_flags(mnist_slice_dir, tmp_path), "--widths", "16", "--plot-epochs", "1"]
-    assert common.main(vae.DEFAULTS, vae.__doc__, [*flags, "--epochs", "1"]) == 0
+    assert harness.main(vae.DEFAULTS, vae.__doc__, [*flags, "--epochs", "1"]) == 0
     assert " after 1 epoch (best" in capsys.readouterr().out  # not "1 epochs"
-    assert common.main(vae.DEFAULTS, vae.__doc__, [*flags, "--resume"]) == 0  # the script's default is 20
+    assert harness.main(vae.DEFAULTS, vae.__doc__, [*flags, "--resume"]) == 0  # the script's default is 20
     out = capsys.readouterr().out
     assert "resuming to the run's own 1 epoch (pass --epochs to train longer)" in out
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1]
-    assert common.main(vae.DEFAULTS, vae.__doc__, [*flags, "--resume", "--epochs", "2"]) == 0
+    assert harness.main(vae.DEFAULTS, vae.__doc__, [*flags, "--resume", "--epochs", "2"]) == 0
     assert "resuming to the run's own" not in capsys.readouterr().out
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
     assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 2
@@ -169,7 +169,7 @@ import experiments
 assert experiments.__file__.startswith(sys.argv[1]), experiments.__file__
 found = {}
 for module in pkgutil.iter_modules(experiments.__path__):
-    if module.name == "common":
+    if module.name in ("cli", "harness"):
         continue
     sys.argv = [module.name, "--help"]
     out = io.StringIO()

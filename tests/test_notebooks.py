@@ -54,6 +54,11 @@ def test_extend_notebook_builds_and_trains_new_models(tmp_path, monkeypatch):
     results = execute("extend", tmp_path, monkeypatch)
     kl = {float(beta): value for beta, value in results["kl"].items()}
     assert kl[4.0] < 0.8 * kl[1.0]  # a heavier KL weight gives a code closer to the prior
+    assert results["objectives"] == {"1.0": "beta_vae_1", "4.0": "beta_vae_4"}  # registered, trained by name
+    for beta in ("1", "4"):  # each a whole run: checkpoints, figures, summary
+        run = tmp_path / "runs" / "extend" / f"beta_{beta}"
+        assert (run / "summary.json").exists() and (run / "figures" / "loss.png").exists()
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1", "2"]
     assert all(abs(value - 1) < 1e-4 for value in results["integrals"].values())  # a normalised density
     for by_quadrature, closed_form in results["means"].values():
         assert by_quadrature == pytest.approx(closed_form, abs=1e-4)

@@ -5,6 +5,8 @@ import json
 import re
 from pathlib import Path
 
+from jaxae import losses
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -23,13 +25,19 @@ def test_setup_is_two_commands_each_working_alone_on_a_fresh_clone():
     assert "## Set-up" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_library_example_runs(capsys):
-    (snippet,) = blocks("python")
+def test_library_examples_run_in_order(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the examples write runs/ where they run
+    monkeypatch.setattr(losses, "OBJECTIVES", dict(losses.OBJECTIVES))  # the registration ends with the test
+    fit, register, samples = blocks("python")
     namespace = {}
-    exec(compile(snippet, "README.md", "exec"), namespace)
+    exec(compile(fit, "README.md", "exec"), namespace)
     test_loss = float(capsys.readouterr().out.strip())
     assert 100 < test_loss < 250  # -ELBO of a VAE after two short epochs, in nats
     assert namespace["codes"].shape == (5, 8)
+    exec(compile(register, "README.md", "exec"), {})
+    assert json.loads((tmp_path / "runs" / "beta_vae" / "config.json").read_text())["objective"] == "beta_vae"
+    exec(compile(samples, "README.md", "exec"), {})
+    assert (tmp_path / "runs" / "beta_vae" / "prior_samples.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_results_table_is_the_one_the_committed_runs_give():
@@ -40,7 +48,7 @@ def test_results_table_is_the_one_the_committed_runs_give():
 
 def test_results_rows_cite_the_configs_their_runs_used():
     from experiments import results
-    from jaxae.experiment import RESUMABLE_FIELDS, Config
+    from jaxae.config import RESUMABLE_FIELDS, Config
 
     untrained = RESUMABLE_FIELDS - {"epochs"}  # which epochs were drawn, where the data came from
     checked = 0
@@ -55,10 +63,10 @@ def test_results_rows_cite_the_configs_their_runs_used():
 
 
 def test_the_flag_list_names_every_flag_of_the_scripts():
-    from experiments import common, vae
+    from experiments import cli, vae
 
     paragraph = README.split("Flags (each script")[1].split("\n\n")[0]
-    listed = set(re.findall(r"--[a-z][a-z-]*", paragraph)) - {"--help"}
-    parser = common.build_parser(vae.DEFAULTS, vae.__doc__)
+    listed = set(re.findall(r"--[a-z][a-z0-9-]*", paragraph)) - {"--help"}
+    parser = cli.build_parser(vae.DEFAULTS, vae.__doc__)
     flags = {option for action in parser._actions for option in action.option_strings if option.startswith("--")}
     assert listed == flags - {"--help"} - {f for f in flags if f.startswith("--no-")}

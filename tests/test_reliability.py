@@ -16,19 +16,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from experiments import common, vae
+from experiments import cli, harness, vae
 from jaxae import checkpoint, experiment, losses, models, train
+from jaxae.config import Config
 from tests.test_checkpoint import assert_states_equal, read_metrics, restore_latest
 
 
-def cli_flags(config: experiment.Config, workdir) -> list[str]:
+def cli_flags(config: Config, workdir) -> list[str]:
     """The command-line flags that give ``config``."""
     flags = []
     for name, value in config.to_json().items():
         flag = f"--{name.replace('_', '-')}"
         if isinstance(value, bool):
             flags.append(flag if value else f"--no-{flag[2:]}")
-        elif value is not None:
+        elif value not in (None, [], ()):
             flags += [flag, *map(str, value if isinstance(value, list | tuple) else [value])]
     return [*flags, "--workdir", str(workdir)]
 
@@ -115,7 +116,7 @@ def test_resume_falls_back_past_a_corrupted_checkpoint_only_when_asked(tmp_path,
     original = read_metrics(tmp_path)
     _flip_a_bit(tmp_path / "checkpoints" / "3")
     longer = dataclasses.replace(config, epochs=4)
-    with pytest.raises(checkpoint.CheckpointError, match="epoch 3 .* corrupted .* pass --fall-back with --resume"):
+    with pytest.raises(checkpoint.CheckpointError, match="epoch 3 .* corrupted .* pass `fall_back` with `resume`"):
         experiment.train_and_evaluate(longer, tmp_path, resume=True)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2", "3"]  # nothing moved
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 3
@@ -134,11 +135,11 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, s
     experiment.train_and_evaluate(slice_config, tmp_path)
     good_state, good_meta = restore_latest(tmp_path)
 
-    def nan_objective(config, model):
-        objective = losses.objective_for(model)
-        return lambda *args: (objective(*args)[0] * np.nan, objective(*args)[1])
+    def nan_elbo(*args):
+        loss, metrics = losses.elbo_objective(*args)
+        return loss * np.nan, metrics
 
-    monkeypatch.setattr(experiment, "build_objective", nan_objective)
+    monkeypatch.setitem(losses.OBJECTIVES, "elbo", nan_elbo)
     with pytest.raises(train.TrainingDiverged, match="in epoch 3.*the checkpoint of epoch 2 is kept"):
         experiment.train_and_evaluate(dataclasses.replace(slice_config, epochs=4), tmp_path, resume=True)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
@@ -150,8 +151,9 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, s
 
 FULL_DISK = """
 import resource, signal, sys
-from experiments import common
+from experiments import cli
 from jaxae import experiment
+from jaxae.config import Config
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG
 
@@ -160,11 +162,11 @@ def fill_the_disk(record):  # after epoch 1 is saved, no file may grow past 1 kB
     resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
 
 
-config = experiment.Config.from_json({config})
+config = Config.from_json({config})
 try:
     experiment.train_and_evaluate(config, {workdir!r}, on_epoch=fill_the_disk)
-except common.FAULTS as error:
-    sys.exit(common.report(error))
+except cli.FAULTS as error:
+    sys.exit(cli.report(error))
 """
 
 
@@ -216,7 +218,7 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
         try:
-            code = common.main(vae.DEFAULTS, vae.__doc__, argv)
+            code = harness.main(vae.DEFAULTS, vae.__doc__, argv)
         except SystemExit as exit_:
             code = exit_.code
     return code, stderr.getvalue()
@@ -289,6 +291,6 @@ def test_an_unusable_compilation_cache_warns_once_and_the_run_goes_on(tmp_path, 
 def test_the_compilation_cache_defaults_to_jax_setting_then_jaxae_cache_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXAE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))
-    assert common.default_compilation_cache() == str(tmp_path / "jax")
+    assert cli.default_compilation_cache() == str(tmp_path / "jax")
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
-    assert common.default_compilation_cache() == str(tmp_path / "data" / "xla")
+    assert cli.default_compilation_cache() == str(tmp_path / "data" / "xla")

@@ -13,6 +13,7 @@ import pytest
 
 from experiments import benchmark
 from jaxae import experiment, losses, models, train
+from jaxae.config import DTYPES
 from tests.conftest import FAST_COMPILE_FLAG
 from tests.test_checkpoint import read_metrics, restore_latest
 
@@ -103,7 +104,7 @@ def test_vmapped_seeds_equal_separate_runs(tmp_path, slice_config):
 def test_bfloat16_compute_keeps_float32_parameters_and_learns_as_well(mnist_small):
     finals = {}
     for dtype in ("float32", "bfloat16"):
-        model = models.VAE(widths=(64,), latent_dim=8, dtype=experiment.DTYPES[dtype])
+        model = models.VAE(widths=(64,), latent_dim=8, dtype=DTYPES[dtype])
         state = train.create_state(model, optax.adam(3e-3), (28, 28, 1), key=jax.random.key(0))
         state, history = train.fit(
             state, model, losses.elbo_objective, *mnist_small, key=jax.random.key(1), epochs=3, batch_size=64

@@ -14,9 +14,9 @@ def small_model(name):
 
 def fit_small(name, images, epochs=3, seed=0):
     model = small_model(name)
-    objective = losses.objective_for(model)
+    objective = losses.OBJECTIVES[losses.default_objective(model)]
     state = train.create_state(model, optax.adam(3e-3), (28, 28, 1), key=jax.random.key(seed))
-    before = train.make_evaluate(model, objective)(state.params, images[1], jax.random.key(0))
+    before = train.make_evaluate(model, {"": objective})(state.params, images[1], jax.random.key(0))[""]
     state, history = train.fit(
         state, model, objective, images[0], images[1], key=jax.random.key(seed + 1), epochs=epochs, batch_size=64
     )
@@ -56,10 +56,11 @@ def test_evaluation_covers_the_last_partial_batch(mnist_small):
     model = small_model("ae")
     state = train.create_state(model, optax.adam(1e-3), (28, 28, 1), key=jax.random.key(0))
     images = mnist_small[1][:250]
-    means = train.make_evaluate(model, losses.reconstruction_objective, batch_size=100)(
+    means = train.make_evaluate(model, {"mse": losses.reconstruction_objective}, batch_size=100)(
         state.params, jnp.asarray(images), jax.random.key(0)
-    )
-    loss, metrics = losses.reconstruction_objective(model, state.params, train.to_float(images), None)
+    )["mse"]
+    x = train.to_float(images)
+    loss, metrics = losses.reconstruction_objective(model, state.params, x, x, None)
     np.testing.assert_allclose(means["loss"], loss.mean(), rtol=1e-5)
     np.testing.assert_allclose(means["bce"], metrics["bce"].mean(), rtol=1e-5)
 
@@ -68,8 +69,8 @@ def test_nan_loss_stops_with_the_epoch_named(mnist_small):
     model = small_model("ae")
     state = train.create_state(model, optax.adam(1e-3), (28, 28, 1), key=jax.random.key(0))
 
-    def broken(model, params, x, key):
-        loss, metrics = losses.reconstruction_objective(model, params, x, key)
+    def broken(model, params, inputs, targets, key):
+        loss, metrics = losses.reconstruction_objective(model, params, inputs, targets, key)
         return loss * jnp.nan, metrics
 
     with pytest.raises(train.TrainingDiverged, match="in epoch 1"):

@@ -1,4 +1,9 @@
-"""The command line shared by the experiment scripts: flags from Config, progress, errors."""
+"""The experiments' command line: flags from Config, one-line errors, the compilation
+cache, joining several processes, progress lines.
+
+Library errors name Config fields in backticks (`batch_size`); :func:`report` prints them
+as the flags that set them (``--batch-size``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import statistics
 import sys
 import types
@@ -20,9 +26,9 @@ from tqdm import tqdm
 
 from jaxae import parallel
 from jaxae.checkpoint import CheckpointError
+from jaxae.config import Config, ConfigError
 from jaxae.data import DataError, cache_dir
-from jaxae.experiment import Config, ConfigError, RestoredRun, restore_run, train_and_evaluate
-from jaxae.files import WriteError, atomic_write_text
+from jaxae.files import WriteError
 from jaxae.train import TrainingDiverged
 
 BAD_INPUT = (ConfigError, DataError)  # exit code 2: nothing was written
@@ -41,9 +47,16 @@ class Parser(argparse.ArgumentParser):
 
 
 def report(error: Exception) -> int:
-    """Prints ``error`` as one line on stderr; returns the exit code: 2 for bad input, 1 for a fault."""
-    print(f"error: {error}", file=sys.stderr)
+    """Prints ``error`` as one line on stderr, its fields named as flags; returns the exit
+    code: 2 for bad input, 1 for a fault."""
+    print(f"error: {as_flags(str(error))}", file=sys.stderr)
     return 2 if isinstance(error, BAD_INPUT) else 1
+
+
+def as_flags(message: str) -> str:
+    """A library message with the fields it names in backticks written as the flags that
+    set them: `batch_size` -> --batch-size."""
+    return re.sub(r"`(\w+)`", lambda match: "--" + match.group(1).replace("_", "-"), message)
 
 
 def default_compilation_cache() -> str:
@@ -183,11 +196,53 @@ def join_processes(launch: dict) -> None:
         raise ConfigError(f"cannot join the processes ({error}): check the address and --process-id") from None
 
 
+def parse_run(
+    defaults: Config, description: str, argv: list[str] | None, name: str | None = None
+) -> tuple[dict, Config]:
+    """The parsed flags of a single run, and its Config."""
+    args = vars(build_parser(defaults, description, name).parse_args(argv))
+    return args, config_from_flags(defaults, args)
+
+
+def config_from_flags(defaults: Config, values: dict) -> Config:
+    """``defaults`` with the parsed values of the Config fields among ``values``."""
+    fields = {f.name for f in dataclasses.fields(Config)}
+    given = {k: v for k, v in values.items() if k in fields and not (k in SAVED_WHEN_RESUMED and v is None)}
+    return dataclasses.replace(defaults, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+
+
+def with_saved_epochs(config: Config, workdir: Path, flags: dict, log: Callable[[str], None]) -> Config:
+    """With --resume and no --epochs, the run continues to its own ``epochs``, not the script's default."""
+    if not flags["resume"] or flags.get("epochs") is not None:
+        return config
+    try:
+        epochs = json.loads((workdir / "config.json").read_text())["epochs"]
+    except (OSError, ValueError, TypeError, KeyError):  # no run, or a broken one: the workdir check says which
+        return config
+    if not isinstance(epochs, int) or isinstance(epochs, bool):
+        return config
+    log(f"resuming to the run's own {count(epochs, 'epoch')} (pass --epochs to train longer)")
+    return dataclasses.replace(config, epochs=epochs)
+
+
+def count(n: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _fmt(value: float | list[float]) -> str:
     """A loss, or the mean and spread of several seeds' losses."""
     if isinstance(value, list):
         return f"{statistics.mean(value):#.5g}±{statistics.stdev(value):.2g}"
     return f"{value:#.5g}"
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    return str(value)
 
 
 class Progress:
@@ -210,186 +265,3 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-@dataclasses.dataclass(frozen=True)
-class Use:
-    """A use of autoencoders, measured on the model once it is trained.
-
-    ``analyse(run, workdir)`` writes its figures into ``workdir/figures`` and returns its
-    figures as a dict, which goes into ``summary.json`` under ``name``; ``check(config)``
-    refuses configs the analysis cannot use, before anything is trained.
-    """
-
-    name: str
-    analyse: Callable[[RestoredRun, Path], dict]
-    check: Callable[[Config], None] = lambda config: None
-
-
-def main(defaults: Config, description: str, argv: list[str] | None = None, use: Use | None = None) -> int:
-    """Parses flags over ``defaults``, runs the experiment, prints its summary; returns the exit code."""
-    args, config = parse_run(defaults, description, argv, use and use.name)
-    workdir = args["workdir"]
-    with compilation_cache(args["compilation_cache"]):
-        return _run(config, workdir, args, use)
-
-
-def _run(config: Config, workdir: str, args: dict, use: Use | None) -> int:
-    """Trains (and measures ``use``); prints the summary; returns the exit code."""
-    try:
-        if use is not None:
-            if config.seeds > 1:
-                raise ConfigError(f"{use.name} measures one model: drop --seeds")
-            use.check(config)
-        join_processes({name: args[name] for name in LAUNCH_FLAGS})
-        speaks = parallel.is_primary()  # one process reports; every process reports errors
-        summary = _train(config, workdir, args, speaks=speaks)
-        if use is not None and speaks:
-            summary = _measure_use(use, Path(workdir), summary)
-    except BAD_INPUT + FAULTS as error:
-        return report(error)
-    if not speaks:
-        return 0
-    final = summary if config.seeds == 1 else summary["per_seed"][0]
-    if config.seeds > 1:
-        print(
-            f"{config.model}: test loss {summary['test_loss_mean']:.5g} ± {summary['test_loss_std']:.2g} "
-            f"(mean ± sd over seeds {summary['seeds'][0]}..{summary['seeds'][-1]}) "
-            f"after {count(final['epochs'], 'epoch')}, "
-            f"{summary['total_seconds']:.0f} s on {final['device']}; results in {workdir}/seed_<s>"
-        )
-        return 0
-    print(
-        f"{config.model}: test loss {final['test_loss']:.5g} after {count(final['epochs'], 'epoch')} "
-        f"(best {final['best_test_loss']:.5g} at epoch {final['best_epoch']}), "
-        f"test MSE per pixel {final['test_mse']:.5f}, {final['total_seconds']:.0f} s on {final['device']}; "
-        f"results in {workdir}"
-    )
-    if use is not None:
-        print(f"{use.name}: " + ", ".join(f"{name} {_fmt_value(value)}" for name, value in summary[use.name].items()))
-    return 0
-
-
-def parse_run(
-    defaults: Config, description: str, argv: list[str] | None, name: str | None = None
-) -> tuple[dict, Config]:
-    """The parsed flags of a single run, and its Config."""
-    args = vars(build_parser(defaults, description, name).parse_args(argv))
-    return args, _config_from_flags(defaults, args)
-
-
-def _config_from_flags(defaults: Config, values: dict) -> Config:
-    """``defaults`` with the parsed values of the Config fields among ``values``."""
-    fields = {f.name for f in dataclasses.fields(Config)}
-    given = {k: v for k, v in values.items() if k in fields and not (k in SAVED_WHEN_RESUMED and v is None)}
-    return dataclasses.replace(defaults, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
-
-
-def _with_saved_epochs(config: Config, workdir: Path, flags: dict, log: Callable[[str], None]) -> Config:
-    """With --resume and no --epochs, the run continues to its own ``epochs``, not the script's default."""
-    if not flags["resume"] or flags.get("epochs") is not None:
-        return config
-    try:
-        epochs = json.loads((workdir / "config.json").read_text())["epochs"]
-    except (OSError, ValueError, TypeError, KeyError):  # no run, or a broken one: the workdir check says which
-        return config
-    if not isinstance(epochs, int) or isinstance(epochs, bool):
-        return config
-    log(f"resuming to the run's own {count(epochs, 'epoch')} (pass --epochs to train longer)")
-    return dataclasses.replace(config, epochs=epochs)
-
-
-def _train(config: Config, workdir: str | Path, flags: dict, *, speaks: bool) -> dict:
-    """``train_and_evaluate`` with progress and log lines, printed by the process that speaks;
-    ``flags`` holds the parsed --resume, --overwrite, --fall-back and --epochs."""
-    log = (lambda m: print(m, flush=True)) if speaks else (lambda m: None)
-    config = _with_saved_epochs(config, Path(workdir), flags, log)
-    progress = Progress(config.epochs)
-    try:
-        return train_and_evaluate(
-            config,
-            workdir,
-            resume=flags["resume"],
-            overwrite=flags["overwrite"],
-            fall_back=flags["fall_back"],
-            log=log,
-            on_epoch=progress if speaks else lambda record: None,
-        )
-    finally:
-        progress.close()
-
-
-def _measure_use(use: Use, workdir: Path, summary: dict) -> dict:
-    """Runs the analysis on the trained model and adds its figures to ``summary.json``."""
-    summary = {**summary, use.name: use.analyse(restore_run(workdir), workdir)}
-    atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))
-    return summary
-
-
-def count(n: int, noun: str) -> str:
-    """``1 epoch``, ``2 epochs``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def _fmt_value(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_fmt_value(v) for v in value) + "]"
-    return str(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class Study:
-    """A use measured on several models trained side by side, each a run in ``workdir/<variant>``.
-
-    ``variants(config, args)`` names the configs to train (from the flags' config and the
-    study's own flags, added by ``flags(parser)``); ``analyse(variants, workdir, args)``
-    measures the trained runs (:func:`jaxae.experiment.restore_run` reads one back),
-    writes ``workdir/figures`` and returns the figures for ``summary.json``.
-    """
-
-    name: str
-    variants: Callable[[Config, argparse.Namespace], dict[str, Config]]
-    analyse: Callable[[dict[str, Config], Path, argparse.Namespace], dict]
-    flags: Callable[[argparse.ArgumentParser], None] = lambda parser: None
-    fixed: tuple[str, ...] = ("model", "seeds")  # Config fields the study sets itself
-
-
-def parse_study(
-    defaults: Config, description: str, study: Study, argv: list[str] | None
-) -> tuple[argparse.Namespace, Config]:
-    """The parsed flags of a study (its own included), and the Config its variants start from."""
-    parser = build_parser(defaults, description, study.name, study.fixed)
-    study.flags(parser)
-    args = parser.parse_args(argv)
-    return args, _config_from_flags(defaults, {k: v for k, v in vars(args).items() if k not in study.fixed})
-
-
-def main_study(defaults: Config, description: str, study: Study, argv: list[str] | None = None) -> int:
-    """Trains every variant (resumable, like one run each), then measures them together."""
-    args, config = parse_study(defaults, description, study, argv)
-    with compilation_cache(args.compilation_cache):
-        return _run_study(config, args, study)
-
-
-def _run_study(config: Config, args: argparse.Namespace, study: Study) -> int:
-    """Trains the variants, measures them, writes and prints the summary; returns the exit code."""
-    values = vars(args)
-    workdir = Path(args.workdir)
-    try:
-        variants = study.variants(config, args)
-        join_processes({name: values[name] for name in LAUNCH_FLAGS})
-        speaks = parallel.is_primary()
-        for name, variant in variants.items():
-            if speaks:
-                print(f"{study.name}: training {name} ({variant.model}, {variant.latent_dim}-d code)", flush=True)
-            _train(variant, workdir / name, values, speaks=speaks)
-        if not speaks:
-            return 0
-        results = study.analyse(variants, workdir, args)
-    except BAD_INPUT + FAULTS as error:
-        return report(error)
-    atomic_write_text(workdir / "summary.json", json.dumps({study.name: results}, indent=2))
-    print(f"{study.name}: " + ", ".join(f"{name} {_fmt_value(value)}" for name, value in results.items()))
-    return 0

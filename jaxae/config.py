@@ -1,0 +1,227 @@
+"""A run's configuration, its validation, and the things it describes: model, objective,
+optimizer and data.
+
+:class:`Config` is one frozen dataclass: every field is a command-line flag of the
+experiments, and ``config.json`` in a run's work directory. Objectives, optimizers and
+schedules are named by the registries of the modules that own them
+(:data:`jaxae.losses.OBJECTIVES`, :data:`jaxae.optim.OPTIMIZERS`,
+:data:`jaxae.optim.SCHEDULES`), so a researcher registers one from Python and names it here.
+
+Errors name the Config field at fault in backticks (`epochs`), and :class:`ConfigError`
+carries it as ``field``; the command line shows the fields as flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxae import corruptions, data, losses, models, optim, train
+
+
+class ConfigError(ValueError):
+    """A configuration or work-directory problem: the message names the cause and the fix,
+    with Config fields (and ``train_and_evaluate``'s options) in backticks.
+
+    Attributes:
+        field: the Config field at fault, when there is one.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def _field(default, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything that defines a run. Each field is a command-line flag of the experiments."""
+
+    model: str = _field("vae", "model: " + ", ".join(models.MODELS))
+    objective: str | None = _field(
+        None, "training objective by name (jaxae.losses.OBJECTIVES); default: the model's, elbo or reconstruction"
+    )
+    epochs: int = _field(20, "train until this many epochs are done")
+    batch_size: int = _field(128, "images per training step over all devices (each device gets batch / devices)")
+    optimizer: str = _field("adam", "optimizer by name (jaxae.optim.OPTIMIZERS): " + ", ".join(optim.OPTIMIZERS))
+    learning_rate: float = _field(1e-3, "learning rate (the schedule's peak)")
+    adam_b1: float = _field(0.9, "Adam's first-moment decay")
+    adam_b2: float = _field(0.999, "Adam's second-moment decay")
+    adam_eps: float = _field(1e-8, "Adam's epsilon (Burda et al. 2015: 1e-4)")
+    sgd_momentum: float = _field(0.9, "SGD's momentum (0: plain SGD)")
+    schedule: str = _field("constant", "learning-rate schedule (jaxae.optim.SCHEDULES): " + ", ".join(optim.SCHEDULES))
+    stages_count: int = _field(8, "stages schedule: how many stages (stage i runs growth**i epochs)")
+    stages_growth: int = _field(3, "stages schedule: each stage runs this many times the epochs of the one before")
+    stages_decay: float = _field(10 ** (-1 / 7), "stages schedule: the learning rate's factor from a stage to the next")
+    latent_dim: int = _field(20, "size of the code")
+    widths: tuple[int, ...] = _field((400,), "MLP hidden widths or conv channels, encoder order")
+    seed: int = _field(0, "seed of every random draw of the run")
+    dataset: str = _field("mnist", "mnist, fashion_mnist or a TFDS image dataset")
+    data_source: str = _field("auto", "where the data comes from: " + ", ".join(data.SOURCES))
+    data_dir: str | None = _field(None, "IDX folder (idx source) or TFDS data folder (tfds source)")
+    eval_objectives: tuple[str, ...] = _field((), "more objectives to score the test set with each epoch, by name")
+    eval_batch_size: int = _field(1000, "test images per evaluation batch")
+    plot_epochs: tuple[int, ...] = _field((10, 19), "epochs whose reconstructions are drawn (the last always is)")
+    train_rows: bool = _field(False, "add training originals and their reconstructions to the figures")
+    keep_checkpoints: int = _field(3, "latest checkpoints kept; the best by test loss is kept too")
+    dtype: str = _field("float32", "compute dtype: float32, or bfloat16 (parameters and optimizer stay float32)")
+    seeds: int = _field(1, "train this many models at once (jax.vmap), seeds seed .. seed+N-1, each in seed_<s>/")
+    inputs: str = _field("clean", "what the model reads: clean, or " + ", ".join(corruptions.CORRUPTIONS))
+    noise_level: float = _field(0.5, "Gaussian sigma, or the salt-and-pepper fraction of pixels")
+    binarize: str = _field("none", "none, or dynamic: training pixels ~ Bernoulli(grey) at each step, test set once")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, fields: dict) -> Config:
+        """The Config of a ``config.json``; fields it lacks (written before they existed)
+        take their defaults, which are the values such a run used."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown config fields {unknown}: the run was made by another version of jaxae")
+        tuples = {name for name, f in known.items() if "tuple" in str(f.type)}
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in fields.items()})
+
+
+# Fields that may change when a run is resumed: they do not change what was trained.
+RESUMABLE_FIELDS = frozenset(
+    {"epochs", "plot_epochs", "data_source", "data_dir", "keep_checkpoints", "train_rows", "eval_objectives"}
+    | {"eval_batch_size"}
+)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+BINARIZATIONS = ("none", "dynamic")
+TEST_BINARIZATION_KEY = 2015  # one binarized test set shared by every run, whatever its seed
+
+
+def _one_of(config: Config, name: str, choices) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise ConfigError(f"unknown `{name}` {value!r}: use one of {', '.join(choices)}", field=name)
+
+
+def validate(config: Config) -> None:
+    """Raises ConfigError naming the first bad field and a valid value."""
+    positive = ("epochs", "batch_size", "latent_dim", "keep_checkpoints", "seeds", "eval_batch_size", "stages_count")
+    for name in (*positive, "stages_growth"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"`{name}` must be positive, got {getattr(config, name)}", field=name)
+    for name in ("learning_rate", "adam_eps", "stages_decay"):
+        if not (math.isfinite(getattr(config, name)) and getattr(config, name) > 0):
+            raise ConfigError(f"`{name}` must be a positive number, got {getattr(config, name)}", field=name)
+    for name in ("adam_b1", "adam_b2", "sgd_momentum"):
+        if not 0 <= getattr(config, name) < 1:
+            raise ConfigError(f"`{name}` must be in [0, 1), got {getattr(config, name)}", field=name)
+    _one_of(config, "model", models.MODELS)
+    if not config.widths or min(config.widths) <= 0:
+        raise ConfigError(f"`widths` must be one or more positive integers, got {config.widths}", field="widths")
+    if config.plot_epochs and min(config.plot_epochs) <= 0:
+        raise ConfigError(f"`plot_epochs` must be positive epochs, got {config.plot_epochs}", field="plot_epochs")
+    if config.objective is not None:
+        _one_of(config, "objective", losses.OBJECTIVES)
+    for name in config.eval_objectives:
+        if name not in losses.OBJECTIVES:
+            raise ConfigError(
+                f"unknown objective {name!r} in `eval_objectives`: use names of {', '.join(losses.OBJECTIVES)}",
+                field="eval_objectives",
+            )
+    _one_of(config, "optimizer", optim.OPTIMIZERS)
+    _one_of(config, "schedule", optim.SCHEDULES)
+    _one_of(config, "dtype", DTYPES)
+    _one_of(config, "inputs", ("clean", *corruptions.CORRUPTIONS))
+    limit = 1.0 if config.inputs == "salt_pepper" else math.inf
+    if not (0 <= config.noise_level <= limit):
+        raise ConfigError(
+            f"`noise_level` must be in [0, {limit}] with `inputs` {config.inputs}, not {config.noise_level}",
+            field="noise_level",
+        )
+    _one_of(config, "binarize", BINARIZATIONS)
+    _one_of(config, "data_source", data.SOURCES)
+
+
+def build_model(config: Config, image_shape: tuple[int, int, int]):
+    """The linen module a config describes, for images of ``image_shape`` (H, W, C)."""
+    model_class = models.MODELS[config.model]
+    try:
+        return model_class(
+            image_shape=tuple(image_shape),
+            widths=tuple(config.widths),
+            latent_dim=config.latent_dim,
+            dtype=DTYPES[config.dtype],
+        )
+    except ValueError as error:
+        raise ConfigError(str(error), field="widths") from None
+
+
+def objective_name(config: Config) -> str:
+    """The training objective's name: ``config.objective``, else the model's own."""
+    return config.objective or losses.default_objective(models.MODELS[config.model])
+
+
+def corrupt_function(config: Config):
+    """``corrupt(key, x) -> inputs`` for ``config.inputs``, or None for clean inputs."""
+    if config.inputs == "clean":
+        return None
+    corruption = corruptions.CORRUPTIONS[config.inputs]
+    return lambda key, x: corruption(key, x, config.noise_level)
+
+
+def build_objective(config: Config, name: str | None = None) -> losses.Objective:
+    """The objective ``name`` (default: the training one), reading corrupted inputs when
+    ``config.inputs`` asks for them, on binarized images when ``config.binarize`` does."""
+    objective = losses.OBJECTIVES[name or objective_name(config)]
+    corrupt = corrupt_function(config)
+    objective = objective if corrupt is None else losses.with_inputs(objective, corrupt)
+    return losses.binarized(objective) if config.binarize == "dynamic" else objective
+
+
+def build_eval_objectives(config: Config) -> dict[str, losses.Objective]:
+    """The objectives of ``config.eval_objectives``, by name, wrapped as the training one."""
+    return {name: build_objective(config, name) for name in config.eval_objectives}
+
+
+def _options(config: Config, prefix: str, function) -> dict:
+    """The keyword options of ``function`` that ``config`` has as ``<prefix>_<option>`` fields."""
+    names = [p.name for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    return {name: getattr(config, f"{prefix}_{name}") for name in names if hasattr(config, f"{prefix}_{name}")}
+
+
+def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The named optimizer over the named learning-rate schedule, with the config's options."""
+    schedule = optim.SCHEDULES[config.schedule]
+    learning_rate = schedule(
+        config.learning_rate, steps_per_epoch=steps_per_epoch, **_options(config, config.schedule, schedule)
+    )
+    optimizer = optim.OPTIMIZERS[config.optimizer]
+    return optimizer(learning_rate, **_options(config, config.optimizer, optimizer))
+
+
+def load_data(config: Config) -> tuple[data.Dataset, data.Dataset]:
+    """The run's train and test sets; with ``binarize`` dynamic the test set binarized once."""
+    return load_split(config, "train"), load_split(config, "test")
+
+
+def load_split(config: Config, split: str) -> data.Dataset:
+    """One split of the run's data, as :func:`load_data` gives it."""
+    dataset = data.load(config.dataset, split, config.data_source, config.data_dir)
+    if split == "test" and config.binarize == "dynamic":
+        dataset = dataclasses.replace(dataset, images=binarize_test_set(dataset.images))
+    return dataset
+
+
+def binarize_test_set(images: np.ndarray) -> np.ndarray:
+    """uint8 images -> uint8 0/255, each pixel on with probability its grey level, drawn
+    once with :data:`TEST_BINARIZATION_KEY`."""
+    key = jax.random.key(TEST_BINARIZATION_KEY)
+    return np.asarray(corruptions.binarize(key, train.to_float(jnp.asarray(images))) * 255).astype(np.uint8)

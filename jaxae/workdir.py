@@ -1,0 +1,282 @@
+"""A run's work directory: checked before a run starts, written as it trains, read back after.
+
+Layout::
+
+    workdir/config.json      the Config, as JSON
+    workdir/metrics.jsonl    one record per epoch (epoch, train_loss, test_loss, ..., epoch_seconds)
+    workdir/checkpoints/     Orbax checkpoints: the last few and the best by test loss
+    workdir/figures/         reconstructions_epoch_XX.png, loss.png, samples.png (VAE)
+    workdir/summary.json     final figures: test loss, best epoch, seconds, device, host
+
+A run of several seeds writes ``config.json`` and ``summary.json`` at the top and one such
+folder per seed, ``seed_<s>/``. :func:`restore_run` reads any of them back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+
+from jaxae import data, parallel, train
+from jaxae.checkpoint import CheckpointError, Checkpoints
+from jaxae.config import RESUMABLE_FIELDS, Config, ConfigError, build_model, load_split
+from jaxae.epoch_figures import RunFigures
+from jaxae.files import WriteError, atomic_write_text
+
+
+def check_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: bool) -> None:
+    """Refuses to mix runs: a workdir holding another run needs ``resume`` or ``overwrite``."""
+    saved_path = workdir / "config.json"
+    if saved_path.exists() and not (resume or overwrite):
+        raise ConfigError(f"{workdir} already holds a run: pass `resume` to continue it or `overwrite` to replace it")
+    if saved_path.exists() and resume:
+        saved = Config.from_json(json.loads(saved_path.read_text()))
+        differ = [
+            f"{name} ({getattr(saved, name)!r} -> {getattr(config, name)!r})"
+            for name in config.to_json()
+            if name not in RESUMABLE_FIELDS and getattr(saved, name) != getattr(config, name)
+        ]
+        if differ:
+            raise ConfigError(
+                f"cannot resume {workdir} with a different config: {', '.join(differ)}; "
+                f"use the saved values or a new `workdir`"
+            )
+
+
+def write_workdir(workdir: Path, config: Config, *, overwrite: bool) -> None:
+    """Clears a previous run when ``overwrite``, then writes ``config.json``."""
+    if overwrite:
+        for name in ("checkpoints", "figures"):
+            shutil.rmtree(workdir / name, ignore_errors=True)
+        for name in ("config.json", "metrics.jsonl", "summary.json"):
+            (workdir / name).unlink(missing_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(workdir / "config.json", json.dumps(config.to_json(), indent=2))
+    except OSError as error:
+        cause = error.__cause__ if isinstance(error, WriteError) else error
+        raise ConfigError(
+            f"cannot write to `workdir` {workdir} ({cause.strerror}): choose a writable folder", field="workdir"
+        ) from None
+
+
+def prepare_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: bool) -> None:
+    """Every process checks the workdir; process 0 writes it; all wait until it is written."""
+    check_workdir(workdir, config, resume=resume, overwrite=overwrite)
+    parallel.sync(f"checked {workdir}")  # before any process writes
+    if parallel.is_primary():
+        write_workdir(workdir, config, overwrite=overwrite)
+    parallel.sync(f"written {workdir}")
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    """``metrics.jsonl``: one JSON record per epoch."""
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in history))
+
+
+def seed_workdirs(config: Config, workdir: Path) -> list[tuple[Config, Path]]:
+    """Each seed's config and folder: ``workdir`` itself for one seed, else ``workdir/seed_<s>``."""
+    if config.seeds == 1:
+        return [(config, workdir)]
+    seeds = range(config.seed, config.seed + config.seeds)
+    return [(dataclasses.replace(config, seed=s, seeds=1), workdir / f"seed_{s}") for s in seeds]
+
+
+class SeedRun:
+    """The files of one seed's run: checkpoints, metrics, figures and summary in ``workdir``.
+
+    Its keys come from ``jax.random.key(config.seed)``, split into the initialisation, the
+    training and the figures' keys, so a seed trains alike alone or beside others.
+    """
+
+    def __init__(self, model, tx, config: Config, workdir: Path, train_set: data.Dataset, test_set: data.Dataset, mesh):
+        self.model, self.tx, self.config, self.workdir, self.mesh = model, tx, config, workdir, mesh
+        self.image_shape = train_set.images.shape[1:]
+        self.root_key = jax.random.key(config.seed)
+        self.init_key, self.train_key, sample_key = jax.random.split(self.root_key, 3)
+        self.figures = RunFigures(model, config, workdir / "figures", train_set.images, test_set.images, sample_key)
+        self.checkpoints: Checkpoints | None = None
+        self.history: list[dict] = []
+
+    def start(self, *, resume: bool, overwrite: bool, fall_back: bool, log: Callable[[str], None]) -> train.TrainState:
+        """Prepares the folder; returns the fresh state, or the latest checkpoint's on resume."""
+        prepare_workdir(self.workdir, self.config, resume=resume, overwrite=overwrite)
+        state = train.create_state(self.model, self.tx, self.image_shape, key=self.init_key)
+        state = parallel.replicate(state, self.mesh)  # restored checkpoints land replicated too
+        self.checkpoints = Checkpoints(self.workdir / "checkpoints", keep=self.config.keep_checkpoints)
+        if resume and self.checkpoints.latest_epoch() is not None:
+            state, meta = self._restore_newest(state, fall_back=fall_back, log=log)
+            self.history = meta["history"]
+            log(f"resumed {self.workdir} from epoch {meta['epoch']}")
+        elif resume:
+            log(f"no checkpoint in {self.workdir}: starting from epoch 0")
+        if parallel.is_primary():
+            write_history(self.workdir / "metrics.jsonl", self.history)
+        return state
+
+    def _restore_newest(self, template, *, fall_back: bool, log: Callable[[str], None]):
+        """``(state, meta)`` of the latest checkpoint; with ``fall_back``, of the newest readable one."""
+        for epoch in reversed(self.checkpoints.epochs()):
+            try:
+                return self.checkpoints.restore(template, epoch)
+            except CheckpointError as error:
+                if not fall_back:
+                    raise CheckpointError(
+                        f"{error}: pass `fall_back` with `resume` to set it aside and continue from the newest "
+                        f"readable checkpoint, or `overwrite` to start again"
+                    ) from None
+                moved = self.checkpoints.set_aside(epoch, self.workdir / "unreadable_checkpoints")
+                log(f"{error}: moved it to {moved}")
+        raise CheckpointError(f"no readable checkpoint left in {self.workdir}: `overwrite` to start again")
+
+    def end_epoch(self, state: train.TrainState, record: dict) -> None:
+        """Checkpoint, metrics and, at plot epochs, figures; the checkpoint first, so that
+        the files never describe an epoch that was not saved."""
+        self.history.append(record)
+        meta = {
+            "epoch": record["epoch"],
+            "config": self.config.to_json(),
+            "image_shape": list(self.image_shape),
+            "history": self.history,
+            "key": jax.random.key_data(self.root_key).tolist(),
+        }
+        self.checkpoints.save(record["epoch"], state, meta, record["test_loss"])
+        if not parallel.is_primary():
+            return
+        write_history(self.workdir / "metrics.jsonl", self.history)
+        if record["epoch"] in self.config.plot_epochs or record["epoch"] == self.config.epochs:
+            self.figures.epoch(jax.device_get(state.params), record["epoch"], self.history)
+
+    def finish(self, state: train.TrainState, started: float) -> dict:
+        """Final figures and ``summary.json``."""
+        if self.model.variational and parallel.is_primary():
+            self.figures.samples(jax.device_get(state.params))
+        final = self.history[-1] if self.history else {}
+        summary = {
+            "model": self.config.model,
+            "dataset": self.config.dataset,
+            "seed": self.config.seed,
+            "epochs": final.get("epoch", 0),
+            "test_loss": final.get("test_loss"),
+            "test_mse": final.get("test_mse"),
+            "best_epoch": self.checkpoints.best_epoch(),
+            "best_test_loss": min((r["test_loss"] for r in self.history), default=None),
+            "train_seconds": sum(r["epoch_seconds"] for r in self.history),
+            "total_seconds": time.perf_counter() - started,
+            "num_params": sum(x.size for x in jax.tree.leaves(state.params)),
+            "backend": jax.default_backend(),
+            "device": jax.devices()[0].device_kind,
+            "host": parallel.host_description(),
+            "devices": jax.device_count(),
+            "processes": jax.process_count(),
+        }
+        if parallel.is_primary():
+            atomic_write_text(self.workdir / "summary.json", json.dumps(summary, indent=2))
+        return summary
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredRun:
+    """A finished (or interrupted) run, read back from its work directory.
+
+    Attributes:
+        config: the run's Config.
+        model: its linen module.
+        params: its parameters after ``epoch`` epochs; for a run of several seeds, with a
+            leading seed axis ``(S, ...)`` (``seeds`` lists them).
+        epoch: the epoch the parameters are from.
+        workdir: where the run is.
+        seeds: the seeds, in the order of ``params``' leading axis.
+
+    The data is loaded when first asked for: ``run.train_set``, ``run.test_set`` (the test
+    set binarized, when the run trained on binarized images).
+    """
+
+    config: Config
+    model: nn.Module
+    params: dict
+    epoch: int
+    workdir: Path
+    seeds: tuple[int, ...]
+
+    @functools.cached_property
+    def train_set(self) -> data.Dataset:
+        return load_split(self.config, "train")
+
+    @functools.cached_property
+    def test_set(self) -> data.Dataset:
+        return load_split(self.config, "test")
+
+
+def read_config(workdir: Path) -> Config:
+    """The Config in ``workdir/config.json``.
+
+    Raises:
+        ConfigError: ``workdir`` holds no run; when it holds runs in its folders (a
+            study), the message names them.
+    """
+    try:
+        return Config.from_json(json.loads((workdir / "config.json").read_text()))
+    except FileNotFoundError:
+        runs = sorted(p.parent.name for p in workdir.glob("*/config.json"))
+        if runs:
+            raise ConfigError(
+                f"{workdir} holds the runs {', '.join(runs)}, each in its folder: restore one of them, "
+                f"for example {workdir / runs[0]}"
+            ) from None
+        raise ConfigError(f"{workdir} holds no run (no config.json): train one there first") from None
+
+
+def restore_run(workdir: str | Path, epoch: int | None = None) -> RestoredRun:
+    """Reads back a run's Config, model and parameters after ``epoch`` (default: the latest).
+
+    No optimizer state and no data are read. A run of several seeds comes back with its
+    parameters stacked along a leading seed axis; ``workdir/seed_<s>`` is one seed alone.
+
+    Raises:
+        ConfigError: ``workdir`` holds no run or no checkpoint.
+        CheckpointError: the checkpoint is unreadable or corrupted.
+    """
+    workdir = Path(workdir)
+    config = read_config(workdir)
+    folders = seed_workdirs(config, workdir)
+    restored = [_restore_params(seed_config, folder, epoch) for seed_config, folder in folders]
+    epochs = {found_epoch for _, _, found_epoch in restored}
+    if len(epochs) > 1:
+        raise ConfigError(f"the seeds of {workdir} stopped at different epochs {sorted(epochs)}: name one `epoch`")
+    model, params, found_epoch = restored[0]
+    if len(restored) > 1:
+        params = train.stack([p for _, p, _ in restored])
+    return RestoredRun(config, model, params, found_epoch, workdir, tuple(c.seed for c, _ in folders))
+
+
+def _restore_params(config: Config, workdir: Path, epoch: int | None) -> tuple[nn.Module, dict, int]:
+    """The model of one seed's run and its parameters, restored without optimizer state."""
+    with Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints) as checkpoints:
+        epoch = checkpoints.latest_epoch() if epoch is None else epoch
+        if epoch is None:
+            raise ConfigError(f"{workdir} has no checkpoint: train it (or `resume` it) first")
+        image_shape = _image_shape(config, checkpoints, epoch)
+        model = build_model(config, image_shape)
+        template = jax.eval_shape(lambda: train.init_params(model, image_shape, jax.random.key(0)))
+        params, _ = checkpoints.restore_params(template, epoch)
+    return model, jax.device_get(params), epoch
+
+
+def _image_shape(config: Config, checkpoints: Checkpoints, epoch: int) -> tuple[int, int, int]:
+    """The run's image shape, from its checkpoint (older ones lack it: from its test set)."""
+    try:
+        meta = checkpoints.metadata(epoch)
+    except CheckpointError:
+        meta = {}
+    if "image_shape" in meta:
+        return tuple(meta["image_shape"])
+    return load_split(config, "test").images.shape[1:]

@@ -1,0 +1,233 @@
+"""The open run: objectives, optimizers and schedules by name; any run restored; errors
+that name the field; measurements that compile once."""
+
+import contextlib
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import cli
+from jaxae import checkpoint, config, data, evaluate, experiment, losses, models, optim, probe, train, workdir
+from tests.test_checkpoint import read_metrics, restore_latest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(slice_config, **changes) -> config.Config:
+    return dataclasses.replace(slice_config, widths=(16,), plot_epochs=(), **changes)
+
+
+def trains(workdir_: Path) -> bool:
+    """Whether the run in ``workdir_`` lowered its training loss and kept finite figures."""
+    records = read_metrics(workdir_)
+    return records[-1]["train_loss"] < records[0]["train_loss"] and np.all(np.isfinite(records[-1]["test_loss"]))
+
+
+@pytest.mark.parametrize(
+    ("registry", "name"),
+    [("objective", n) for n in losses.OBJECTIVES]
+    + [("optimizer", n) for n in optim.OPTIMIZERS]
+    + [("schedule", n) for n in optim.SCHEDULES],
+)
+def test_every_registered_name_trains_a_real_run(registry, name, slice_config, tmp_path):
+    run = tiny(slice_config, epochs=3, learning_rate=3e-3, stages_count=2, stages_growth=2, **{registry: name})
+    experiment.train_and_evaluate(run, tmp_path)
+    assert trains(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())[registry] == name
+
+
+def test_the_stages_schedule_gives_the_papers_rates_at_its_boundaries():
+    steps = 3000  # steps per epoch: 60,000 images in batches of 20
+    schedule = optim.stages(1e-3, steps_per_epoch=steps)
+    assert optim.stage_epochs() == 3280
+    start = 0
+    for stage in range(8):  # stage i: 3**i epochs at 1e-3 * 10**(-i/7)
+        rate = 1e-3 * 10 ** (-stage / 7)
+        for step in (start * steps, (start + 3**stage) * steps - 1):
+            np.testing.assert_allclose(float(schedule(step)), rate, rtol=1e-5)
+        start += 3**stage
+    np.testing.assert_allclose(float(schedule(3280 * steps)), 1e-4, rtol=1e-5)  # the last rate stays
+
+
+def adam_second_step(g1: float, g2: float, *, b1: float, b2: float, eps: float, lr: float = 1e-3) -> float:
+    """Adam's second update for gradients ``g1`` then ``g2``, from its definition (bias-corrected moments)."""
+    mu = (b1 * (1 - b1) * g1 + (1 - b1) * g2) / (1 - b1**2)
+    nu = (b2 * (1 - b2) * g1**2 + (1 - b2) * g2**2) / (1 - b2**2)
+    return -lr * mu / (np.sqrt(nu) + eps)
+
+
+def test_options_reach_the_optimizer_by_their_config_names():
+    adam = config.build_optimizer(config.Config(adam_b1=0.5, adam_eps=1e-2), steps_per_epoch=10)
+    sgd = config.build_optimizer(config.Config(optimizer="sgd", sgd_momentum=0.0), steps_per_epoch=10)
+    params = {"w": jnp.ones(3)}
+    grads = [{"w": jnp.array([1.0, 0.0, -2.0])}, {"w": jnp.array([3.0, 0.0, -2.0])}]
+    updates, _ = sgd.update(grads[0], sgd.init(params), params)
+    np.testing.assert_allclose(updates["w"], -1e-3 * grads[0]["w"], rtol=1e-6)  # plain SGD
+    state = adam.init(params)
+    for g in grads:
+        updates, state = adam.update(g, state, params)
+    expected = adam_second_step(1.0, 3.0, b1=0.5, b2=0.999, eps=1e-2)
+    assert expected != pytest.approx(adam_second_step(1.0, 3.0, b1=0.9, b2=0.999, eps=1e-8), rel=1e-3)
+    np.testing.assert_allclose(float(updates["w"][0]), expected, rtol=1e-5)
+
+
+def test_a_config_json_of_the_earlier_layout_loads_resumes_and_restores(slice_config, tmp_path):
+    old = json.loads((ROOT / "experiments" / "results" / "vae" / "config.json").read_text())
+    assert "objective" not in old and "optimizer" not in old  # a committed run from before the registries
+    restored = config.Config.from_json(old)
+    assert (restored.objective, restored.optimizer, restored.schedule) == (None, "adam", "constant")
+    assert config.objective_name(restored) == "elbo" and restored.adam_eps == 1e-8  # what such a run trained with
+    run = tiny(slice_config, epochs=1)
+    experiment.train_and_evaluate(run, tmp_path)
+    new_fields = set(config.Config().to_json()) - set(old)
+    earlier = {k: v for k, v in json.loads((tmp_path / "config.json").read_text()).items() if k not in new_fields}
+    (tmp_path / "config.json").write_text(json.dumps(earlier))
+    experiment.train_and_evaluate(dataclasses.replace(run, epochs=2), tmp_path, resume=True)
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
+    assert workdir.restore_run(tmp_path).epoch == 2
+
+
+def test_an_objective_written_outside_jaxae_trains_by_name_with_corruption_and_binarization(
+    slice_config, tmp_path, monkeypatch
+):
+    def watched_elbo(model, params, inputs, targets, key):
+        """The ELBO, reporting what it was handed: corrupted inputs and binary targets."""
+        loss, metrics = losses.elbo_objective(model, params, inputs, targets, key)
+        flat = targets.reshape(len(targets), -1)
+        metrics["inputs_moved"] = jnp.mean(jnp.abs(inputs - targets).reshape(len(targets), -1), axis=1)
+        metrics["targets_grey"] = jnp.mean(flat * (1 - flat), axis=1)  # 0 for binary pixels
+        return loss, metrics
+
+    monkeypatch.setitem(losses.OBJECTIVES, "watched_elbo", watched_elbo)
+    run = tiny(slice_config, objective="watched_elbo", inputs="gaussian", noise_level=0.3, binarize="dynamic")
+    experiment.train_and_evaluate(dataclasses.replace(run, epochs=1), tmp_path)
+    summary = experiment.train_and_evaluate(run, tmp_path, resume=True)  # and resumes
+    records = read_metrics(tmp_path)
+    assert [r["epoch"] for r in records] == [1, 2] and summary["epochs"] == 2
+    for split in ("train", "test"):
+        assert records[-1][f"{split}_inputs_moved"] > 0.05 and records[-1][f"{split}_targets_grey"] == 0
+    assert (tmp_path / "figures" / "reconstructions_epoch_02.png").exists() and trains(tmp_path)
+
+
+def test_fit_scores_the_test_set_with_the_objectives_it_is_given(mnist_small):
+    model = models.VAE(widths=(16,), latent_dim=4)
+    state = train.create_state(model, optim.adam(1e-3), (28, 28, 1), key=jax.random.key(0))
+    _, history = train.fit(
+        state,
+        model,
+        losses.reconstruction_objective,
+        *mnist_small,
+        key=jax.random.key(1),
+        epochs=1,
+        batch_size=64,
+        evaluate_with={"elbo": losses.elbo_objective},
+        eval_batch_size=100,
+    )
+    record = history[0]
+    assert record["test_loss"] == record["test_mse"]  # the training objective: MSE
+    assert record["test_elbo_loss"] == pytest.approx(record["test_elbo_reconstruction"] + record["test_elbo_kl"])
+    assert record["test_elbo_loss"] > 100  # -ELBO in nats per image, not an MSE
+
+
+def test_restore_run_reads_parameters_without_optimizer_state_or_data(slice_config, tmp_path, monkeypatch):
+    single, seeds = tmp_path / "single", tmp_path / "seeds"
+    experiment.train_and_evaluate(tiny(slice_config, epochs=1), single)
+    experiment.train_and_evaluate(tiny(slice_config, epochs=1, seeds=2), seeds)
+    expected = {
+        "single": restore_latest(single)[0].params,
+        "seed_0": restore_latest(seeds / "seed_0")[0].params,
+        "seed_1": restore_latest(seeds / "seed_1")[0].params,
+    }
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("restore_run read optimizer state or data")
+
+    monkeypatch.setattr(checkpoint.Checkpoints, "restore", refuse)  # the whole state, optimizer included
+    monkeypatch.setattr(train, "create_state", refuse)
+    monkeypatch.setattr(data, "load", refuse)
+    one, both = workdir.restore_run(single), workdir.restore_run(seeds)
+    assert one.epoch == both.epoch == 1 and both.seeds == (0, 1) and both.config.seeds == 2
+    jax.tree.map(np.testing.assert_array_equal, one.params, expected["single"])
+    for i, seed in enumerate(("seed_0", "seed_1")):
+        jax.tree.map(lambda a, b, i=i: np.testing.assert_array_equal(a[i], b), both.params, expected[seed])
+    monkeypatch.undo()
+    assert one.test_set.images.shape == (256, 28, 28, 1)  # the data comes when asked for
+
+
+def test_restore_run_of_a_study_folder_names_its_runs(slice_config, tmp_path):
+    experiment.train_and_evaluate(tiny(slice_config, epochs=1), tmp_path / "ae_4")
+    with pytest.raises(config.ConfigError, match="holds the runs ae_4, each in its folder"):
+        workdir.restore_run(tmp_path)
+
+
+def test_library_errors_name_the_field_and_the_command_line_names_the_flag():
+    with pytest.raises(config.ConfigError) as raised:
+        config.validate(config.Config(eval_batch_size=0))
+    assert raised.value.field == "eval_batch_size" and "--" not in str(raised.value)
+    assert cli.as_flags(str(raised.value)) == "--eval-batch-size must be positive, got 0"
+    with pytest.raises(config.ConfigError, match="unknown `objective` 'nope'") as raised:
+        config.validate(config.Config(objective="nope"))
+    assert raised.value.field == "objective"
+
+
+def test_no_library_module_mentions_a_flag():
+    pip_arguments = {"--no-deps", "--quiet", "--dest", "--only-binary"}
+    for path in (ROOT / "jaxae").glob("*.py"):
+        flags = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", path.read_text())) - pip_arguments
+        assert not flags, (path.name, flags)
+
+
+@contextlib.contextmanager
+def counting_lowerings():
+    """Yields a list that gains an item each time a jitted function is traced and lowered."""
+    lowered = []
+
+    def listen(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield lowered
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+def test_measurements_compile_once_however_often_they_are_called(mnist_small):
+    model = models.VAE(widths=(16,), latent_dim=4)
+    x = np.asarray(train.to_float(mnist_small[1][:200]))
+    inits = [model.init(jax.random.key(k), x[:1], key=jax.random.key(9)) for k in range(3)]  # other values each call
+    calls = {
+        "reconstruct": lambda params: evaluate.reconstruct(model, params, x),
+        "encode": lambda params: evaluate.encode(model, params, x),
+        "decode": lambda params: evaluate.decode(model, params, x[:, 0, :4, 0]),
+        "dataset_nll": lambda params: evaluate.dataset_nll(model, params, x, jax.random.key(0), samples=4),
+        "objective_values": lambda params: evaluate.objective_values(
+            model, losses.elbo_objective, params, x, jax.random.key(0)
+        ),
+    }
+    for name, call in calls.items():
+        with counting_lowerings() as first:
+            call(inits[0])
+        with counting_lowerings() as later:
+            for params in inits[1:]:
+                call(params)
+        assert first and not later, name
+    labels = np.random.default_rng(0).integers(0, 3, 200)
+
+    def fit_probe(seed):  # other features each time: arguments, not constants of the program
+        features = np.random.default_rng(seed).normal(size=(200, 5)).astype(np.float32)
+        return probe.fit_classifier(features, labels, key=jax.random.key(seed), epochs=1, min_steps=1)
+
+    with counting_lowerings() as first:
+        fit_probe(0).predict_proba(np.zeros((7, 5), np.float32))
+    with counting_lowerings() as later:
+        for seed in (1, 2):
+            fit_probe(seed).predict_proba(np.zeros((7, 5), np.float32))
+    assert first and not later
