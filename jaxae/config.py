@@ -14,6 +14,7 @@ carries it as ``field``; the command line shows the fields as flags.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 
@@ -49,6 +50,10 @@ class Config:
     model: str = _field("vae", "model: " + ", ".join(models.MODELS))
     objective: str | None = _field(
         None, "training objective by name (jaxae.losses.OBJECTIVES); default: the model's, elbo or reconstruction"
+    )
+    objective_samples: int = _field(5, "k-sample objectives (iwae, vae_k): samples per image")
+    objective_estimator: str = _field(
+        "plain", "k-sample objectives' gradient estimator: " + ", ".join(losses.ESTIMATORS)
     )
     epochs: int = _field(20, "train until this many epochs are done")
     batch_size: int = _field(128, "images per training step over all devices (each device gets batch / devices)")
@@ -114,6 +119,7 @@ def _one_of(config: Config, name: str, choices) -> None:
 def validate(config: Config) -> None:
     """Raises ConfigError naming the first bad field and a valid value."""
     positive = ("epochs", "batch_size", "latent_dim", "keep_checkpoints", "seeds", "eval_batch_size", "stages_count")
+    positive += ("objective_samples",)
     for name in (*positive, "stages_growth"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"`{name}` must be positive, got {getattr(config, name)}", field=name)
@@ -136,6 +142,7 @@ def validate(config: Config) -> None:
                 f"unknown objective {name!r} in `eval_objectives`: use names of {', '.join(losses.OBJECTIVES)}",
                 field="eval_objectives",
             )
+    _one_of(config, "objective_estimator", losses.ESTIMATORS)
     _one_of(config, "optimizer", optim.OPTIMIZERS)
     _one_of(config, "schedule", optim.SCHEDULES)
     _one_of(config, "dtype", DTYPES)
@@ -181,6 +188,8 @@ def build_objective(config: Config, name: str | None = None) -> losses.Objective
     """The objective ``name`` (default: the training one), reading corrupted inputs when
     ``config.inputs`` asks for them, on binarized images when ``config.binarize`` does."""
     objective = losses.OBJECTIVES[name or objective_name(config)]
+    options = _options(config, "objective", objective)  # samples, estimator: for the k-sample objectives
+    objective = functools.partial(objective, **options) if options else objective
     corrupt = corrupt_function(config)
     objective = objective if corrupt is None else losses.with_inputs(objective, corrupt)
     return losses.binarized(objective) if config.binarize == "dynamic" else objective

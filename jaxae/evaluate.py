@@ -90,11 +90,6 @@ def _objective_values(model: nn.Module, objective) -> Callable:
     return jax.jit(lambda params, x, key: objective(model, params, x, x, key)[0])
 
 
-def log_normal(z: jax.Array, mean: jax.Array | float = 0.0, logvar: jax.Array | float = 0.0) -> jax.Array:
-    """``log N(z; mean, exp(logvar))`` of a diagonal Gaussian, summed over the last axis."""
-    return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + logvar + (z - mean) ** 2 * jnp.exp(-logvar), axis=-1)
-
-
 def importance_weighted_nll(
     model: nn.Module, params, x: jax.Array, key: jax.Array, *, samples: int, chunk: int = 500
 ) -> jax.Array:
@@ -113,20 +108,12 @@ def importance_weighted_nll(
     chunk = min(chunk, samples)
     if samples % chunk:
         raise ValueError(f"samples {samples} must be a multiple of chunk {chunk}")
-    mean, logvar = model.apply(params, x, method=model.encode)
-    n, dim = mean.shape
-    targets = jnp.broadcast_to(x.reshape(1, n, -1), (chunk, n, x[0].size)).reshape(chunk * n, -1)
-
-    def log_weights(chunk_key: jax.Array) -> jax.Array:
-        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(chunk_key, (chunk, n, dim), mean.dtype)
-        logits = model.apply(params, z.reshape(chunk * n, dim), method=model.decode).reshape(chunk * n, -1)
-        log_likelihood = -losses.bernoulli_nll(logits.astype(jnp.float32), targets).reshape(chunk, n)
-        return log_likelihood + log_normal(z) - log_normal(z, mean, logvar)
 
     def body(total: jax.Array, chunk_key: jax.Array):
-        return jnp.logaddexp(total, jax.scipy.special.logsumexp(log_weights(chunk_key), axis=0)), None
+        log_w, _ = losses.log_weights(model, params, x, x, chunk_key, samples=chunk, estimator="plain")
+        return jnp.logaddexp(total, jax.scipy.special.logsumexp(log_w, axis=0)), None
 
-    total, _ = jax.lax.scan(body, jnp.full(n, -jnp.inf), jax.random.split(key, samples // chunk))
+    total, _ = jax.lax.scan(body, jnp.full(x.shape[0], -jnp.inf), jax.random.split(key, samples // chunk))
     return jnp.log(samples) - total
 
 

@@ -104,9 +104,6 @@ def elbo_objective(
     return reconstruction + kl, metrics
 
 
-OBJECTIVES: dict[str, Objective] = {"reconstruction": reconstruction_objective, "elbo": elbo_objective}
-
-
 def default_objective(model: nn.Module) -> str:
     """The name of the objective a model trains on unless told: ``elbo`` when it is variational."""
     return "elbo" if model.variational else "reconstruction"
@@ -140,3 +137,125 @@ def binarized(objective: Objective) -> Objective:
         return objective(model, params, binary_inputs, binary_targets, key)
 
     return binarized_objective
+
+
+# ---------------------------------------------------------------- k-sample objectives
+
+ESTIMATORS = ("plain", "stl", "dreg")
+
+
+def log_normal(z: jax.Array, mean: jax.Array | float = 0.0, logvar: jax.Array | float = 0.0) -> jax.Array:
+    """``log N(z; mean, exp(logvar))`` of a diagonal Gaussian, summed over the last axis."""
+    return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + logvar + (z - mean) ** 2 * jnp.exp(-logvar), axis=-1)
+
+
+def log_weights(
+    model: nn.Module, params, inputs: jax.Array, targets: jax.Array, key: jax.Array, *, samples: int, estimator: str
+) -> tuple[jax.Array, jax.Array]:
+    """``log w_i = log p(x, z_i) - log q(z_i | x)`` for ``samples`` draws ``z_i ~ q(z | x)``:
+    ``(k, N)``, and the logits decoded from the first draw, ``(N, H*W*C)``.
+
+    The estimator decides the gradient, never the value:
+
+    - ``plain``: the reparameterization gradient through every term;
+    - ``stl``: "sticking the landing" (Roeder et al., 2017): ``log q`` sees the
+      posterior's parameters as constants, dropping the score term of zero expectation;
+    - ``dreg``: as ``stl``, and the gradient reaching the encoder through ``z_i`` is
+      multiplied by the normalised weight ``w_i / sum_j w_j``: weighted once more by the
+      bound's own weights, this is Tucker et al.'s (2018) doubly reparameterized gradient.
+    """
+    mean, logvar = model.apply(params, inputs, method=model.encode)
+    mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
+    eps = jax.random.normal(key, (samples, *mean.shape), mean.dtype)
+    z = mean + jnp.exp(0.5 * logvar) * eps
+    q_mean, q_logvar = (mean, logvar) if estimator == "plain" else jax.lax.stop_gradient((mean, logvar))
+    flat_targets = _flat(targets)
+
+    def joint_minus_q(params, z):
+        logits = model.apply(params, z.reshape(-1, z.shape[-1]), method=model.decode).astype(jnp.float32)
+        logits = logits.reshape(samples, *flat_targets.shape)
+        log_likelihood = -jax.vmap(bernoulli_nll, in_axes=(0, None))(logits, flat_targets)
+        return log_likelihood + log_normal(z) - log_normal(z, q_mean, q_logvar), logits[0]
+
+    if estimator == "dreg":
+        return _reweighted_path_gradient(joint_minus_q)(params, z)
+    return joint_minus_q(params, z)
+
+
+def _reweighted_path_gradient(log_weights_of: Callable) -> Callable:
+    """``log_weights_of(params, z) -> (k, N)`` whose gradient with respect to ``z_i`` is
+    multiplied by ``softmax(log w)_i``. Each ``log w_i`` depends on ``z_i`` alone, so one
+    backward pass gives it: the row of ``z``'s cotangent for draw ``i`` times its weight."""
+
+    @jax.custom_vjp
+    def reweighted(params, z):
+        return log_weights_of(params, z)
+
+    def forward(params, z):
+        (values, aux), pullback = jax.vjp(log_weights_of, params, z)
+        return (values, aux), (pullback, jax.nn.softmax(values, axis=0), aux)
+
+    def backward(residuals, cotangents):
+        pullback, weights, aux = residuals
+        d_params, d_z = pullback((cotangents[0], jnp.zeros_like(aux)))
+        return d_params, d_z * weights[..., None]
+
+    reweighted.defvjp(forward, backward)
+    return reweighted
+
+
+def _mse(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """MSE per pixel of the first draw's reconstruction, as :func:`elbo_objective` reports it."""
+    return jax.lax.stop_gradient(squared_error(nn.sigmoid(logits), targets))
+
+
+def iwae_objective(
+    model: nn.Module,
+    params,
+    inputs: jax.Array,
+    targets: jax.Array,
+    key: jax.Array,
+    *,
+    samples: int = 5,
+    estimator: str = "plain",
+) -> tuple[jax.Array, Metrics]:
+    """Burda et al.'s (2015) importance-weighted bound: ``-log (1/k sum_i w_i)`` per example.
+
+    With ``samples = 1`` it is the one-sample ``-ELBO`` (a sampled KL); it tightens as
+    ``samples`` grows. Gradients by ``estimator``: ``plain``, ``stl`` or ``dreg`` (see
+    :func:`log_weights`); the value is the same whichever.
+    """
+    log_w, logits = log_weights(model, params, inputs, targets, key, samples=samples, estimator=estimator)
+    bound = jax.scipy.special.logsumexp(log_w, axis=0) - jnp.log(samples)
+    if estimator == "plain":
+        loss = -bound
+    else:  # the gradient of sum_i stop(w_i) log w_i, the value of the bound
+        surrogate = jnp.sum(jax.lax.stop_gradient(jax.nn.softmax(log_w, axis=0)) * log_w, axis=0)
+        loss = jax.lax.stop_gradient(-bound) - (surrogate - jax.lax.stop_gradient(surrogate))
+    return loss, {"mse": _mse(logits, targets)}
+
+
+def vae_k_objective(
+    model: nn.Module,
+    params,
+    inputs: jax.Array,
+    targets: jax.Array,
+    key: jax.Array,
+    *,
+    samples: int = 5,
+    estimator: str = "plain",
+) -> tuple[jax.Array, Metrics]:
+    """ "VAE with k samples" (Burda et al., 2015): the mean of ``samples`` one-sample ``-ELBO``
+    estimates (sampled KL). ``estimator`` ``stl`` drops the score term; ``dreg`` is ``stl``
+    for this objective, whose weights are all ``1/k``."""
+    estimator = "stl" if estimator == "dreg" else estimator
+    log_w, logits = log_weights(model, params, inputs, targets, key, samples=samples, estimator=estimator)
+    return -jnp.mean(log_w, axis=0), {"mse": _mse(logits, targets)}
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "reconstruction": reconstruction_objective,
+    "elbo": elbo_objective,
+    "iwae": iwae_objective,
+    "vae_k": vae_k_objective,
+}
