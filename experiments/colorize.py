@@ -58,5 +58,7 @@ def analyse(run: RestoredRun, workdir: Path) -> dict:
     }
 
 
+USE = Use("colorize", analyse, check)
+
 if __name__ == "__main__":
-    raise SystemExit(main(DEFAULTS, __doc__, use=Use("colorize", analyse, check)))
+    raise SystemExit(main(DEFAULTS, __doc__, use=USE))

@@ -81,5 +81,7 @@ def analyse(run: RestoredRun, workdir: Path) -> dict:
     return results
 
 
+USE = Use("compress", analyse)
+
 if __name__ == "__main__":
-    raise SystemExit(main(DEFAULTS, __doc__, use=Use("compress", analyse)))
+    raise SystemExit(main(DEFAULTS, __doc__, use=USE))

@@ -48,5 +48,7 @@ def analyse(run: RestoredRun, workdir: Path) -> dict:
     }
 
 
+USE = Use("denoise", analyse, check)
+
 if __name__ == "__main__":
-    raise SystemExit(main(DEFAULTS, __doc__, use=Use("denoise", analyse, check)))
+    raise SystemExit(main(DEFAULTS, __doc__, use=USE))

@@ -72,5 +72,7 @@ def analyse(run: RestoredRun, workdir: Path) -> dict:
     }
 
 
+USE = Use("generate", analyse, check)
+
 if __name__ == "__main__":
-    raise SystemExit(main(DEFAULTS, __doc__, use=Use("generate", analyse, check)))
+    raise SystemExit(main(DEFAULTS, __doc__, use=USE))

@@ -1,9 +1,8 @@
 """The uses of autoencoders: corruptions, probes, metrics, and each experiment on a tiny run."""
 
 import colorsys
+import importlib
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from experiments import colorize, compare, compress, generate
-from experiments.harness import Use, main
+from experiments.harness import main, main_study
 from jaxae import corruptions, data, evaluate, losses, models, plots, probe, train
 
 
@@ -103,31 +102,37 @@ def test_interpolation_starts_and_ends_at_the_codes():
     np.testing.assert_allclose(path[:, 2], 0.5)
 
 
-def run_use(module, mnist_slice_dir, workdir, *flags):
-    command = [
-        *(sys.executable, "-m", f"experiments.{module}", "--workdir", str(workdir)),
+def run_use(module, mnist_slice_dir, workdir, *flags, capsys):
+    """``python -m experiments.<module> ...`` on the MNIST slice, in this process; its figures."""
+    script = importlib.import_module(f"experiments.{module}")
+    argv = [
+        *("--workdir", str(workdir)),
         *("--dataset", "mnist_slice", "--data-source", "idx", "--data-dir", str(mnist_slice_dir)),
         *("--batch-size", "32", *flags),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    if hasattr(script, "STUDY"):
+        code = main_study(script.DEFAULTS, script.__doc__, script.STUDY, argv)
+    else:
+        code = main(script.DEFAULTS, script.__doc__, argv, use=script.USE)
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())
-    assert result.stdout.strip().splitlines()[-1].startswith(f"{module}: ")
+    assert out.strip().splitlines()[-1].startswith(f"{module}: ")
     return summary[module]
 
 
-def test_denoise_experiment_removes_noise(mnist_slice_dir, tmp_path):
+def test_denoise_experiment_removes_noise(mnist_slice_dir, tmp_path, capsys):
     flags = ("--model", "ae", "--epochs", "4", "--widths", "128", "--latent-dim", "16", "--learning-rate", "3e-3")
-    results = run_use("denoise", mnist_slice_dir, tmp_path, *flags)
+    results = run_use("denoise", mnist_slice_dir, tmp_path, *flags, capsys=capsys)
     assert results["inputs"] == "gaussian" and results["noise_level"] == 0.5
     assert results["test_psnr_denoised"] > results["test_psnr_noisy"] + 1.0
     with Image.open(tmp_path / "figures" / "denoise.png") as image:
         assert image.size == (640, 400)  # three pairs of rows of 8
 
 
-def test_compress_experiment_loses_quality_as_bits_fall(mnist_slice_dir, tmp_path):
+def test_compress_experiment_loses_quality_as_bits_fall(mnist_slice_dir, tmp_path, capsys):
     flags = ("--epochs", "10", "--widths", "128", "--latent-dim", "8", "--learning-rate", "3e-3")
-    results = run_use("compress", mnist_slice_dir, tmp_path, *flags)
+    results = run_use("compress", mnist_slice_dir, tmp_path, *flags, capsys=capsys)
     assert results["raw_bytes"] == 784 and 50 < results["png_bytes"] < 784
     assert [results[f"bytes_{b}"] for b in ("float32", "8bit", "6bit", "4bit")] == [32, 8, 6, 4]
     psnr = [results[f"psnr_{b}"] for b in ("float32", "8bit", "6bit", "4bit")]
@@ -137,27 +142,26 @@ def test_compress_experiment_loses_quality_as_bits_fall(mnist_slice_dir, tmp_pat
 
 
 @pytest.mark.slow
-def test_generate_experiment_scores_its_samples(mnist_slice_dir, tmp_path):
-    results = run_use("generate", mnist_slice_dir, tmp_path, "--epochs", "3", "--widths", "64", "--latent-dim", "4")
+def test_generate_experiment_scores_its_samples(mnist_slice_dir, tmp_path, capsys):
+    results = run_use(
+        "generate", mnist_slice_dir, tmp_path, "--epochs", "3", "--widths", "64", "--latent-dim", "4", capsys=capsys
+    )
     assert 1 <= results["classifier_score_samples"] <= 10 and 1 <= results["classifier_score_test_images"] <= 10
     assert sum(results["sample_label_counts"]) == generate.SAMPLES
     with Image.open(tmp_path / "figures" / "interpolation.png") as image:
         assert image.size[1] > image.size[0] * 0.5  # 8 rows of 10 steps
 
 
-def test_uses_refuse_what_they_cannot_measure(tmp_path):
+def test_uses_refuse_what_they_cannot_measure(tmp_path, capsys):
     for module, flags, message in [
         ("denoise", ["--inputs", "clean"], "error: denoise needs noisy inputs: --inputs gaussian or salt_pepper"),
         ("generate", ["--model", "ae"], "error: generate samples a prior: use --model vae or conv_vae, not ae"),
         ("compress", ["--seeds", "2"], "error: compress measures one model: drop --seeds"),
     ]:
-        result = subprocess.run(
-            [sys.executable, "-m", f"experiments.{module}", *flags, "--workdir", str(tmp_path / module)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+        script = importlib.import_module(f"experiments.{module}")
+        code = main(script.DEFAULTS, script.__doc__, [*flags, "--workdir", str(tmp_path / module)], use=script.USE)
+        error = capsys.readouterr().err
+        assert code == 2 and error.startswith(message), error
         assert not (tmp_path / module).exists()
 
 
@@ -179,23 +183,17 @@ def test_colored_mnist_tints_each_digit_by_its_label_and_is_deterministic(mnist_
         assert np.median(distance) < 0.04, label
 
 
-def test_colorize_needs_colour_images(mnist_slice_dir, tmp_path):
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "experiments.colorize", "--workdir", str(tmp_path / "run")),
-            *("--dataset", "mnist_slice", "--data-source", "idx", "--data-dir", str(mnist_slice_dir)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: --inputs grayscale needs colour images and mnist_slice has 1 channel(s)")
+def test_colorize_needs_colour_images(mnist_slice_dir, tmp_path, capsys):
+    flags = ["--workdir", str(tmp_path / "run"), "--dataset", "mnist_slice", "--data-source", "idx"]
+    code = main(colorize.DEFAULTS, colorize.__doc__, [*flags, "--data-dir", str(mnist_slice_dir)], use=colorize.USE)
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: --inputs grayscale needs colour images and mnist_slice has 1 channel(s)")
 
 
-def test_colorize_experiment_reports_psnr_against_both_baselines(mnist_slice_dir, tmp_path):
+def test_colorize_experiment_reports_psnr_against_both_baselines(mnist_slice_dir, tmp_path, capsys):
     flags = ("--dataset", "colored_mnist_slice", "--model", "ae", "--epochs", "2", "--widths", "64")
-    results = run_use("colorize", mnist_slice_dir, tmp_path, *flags)
+    results = run_use("colorize", mnist_slice_dir, tmp_path, *flags, capsys=capsys)
     colour = data.load("colored_mnist_slice", "test", "idx", mnist_slice_dir).images / 255.0
     grey = np.repeat((colour @ np.asarray(corruptions.LUMA))[..., None], 3, -1)
     assert results["test_psnr_grey"] == pytest.approx(float(evaluate.psnr(grey, colour).mean()), rel=1e-5)
@@ -206,8 +204,8 @@ def test_colorize_experiment_reports_psnr_against_both_baselines(mnist_slice_dir
 
 
 @pytest.mark.slow
-def test_latent_study_probes_2d_codes_against_pca(mnist_slice_dir, tmp_path):
-    results = run_use("latent", mnist_slice_dir, tmp_path, "--epochs", "3", "--widths", "64")
+def test_latent_study_probes_2d_codes_against_pca(mnist_slice_dir, tmp_path, capsys):
+    results = run_use("latent", mnist_slice_dir, tmp_path, "--epochs", "3", "--widths", "64", capsys=capsys)
     assert results["latent_dim"] == 2
     for name in ("ae", "vae", "pca"):
         assert 0 < results[f"test_mse_{name}"] < 0.12
@@ -219,9 +217,9 @@ def test_latent_study_probes_2d_codes_against_pca(mnist_slice_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_features_study_probes_each_model_and_size(mnist_slice_dir, tmp_path):
+def test_features_study_probes_each_model_and_size(mnist_slice_dir, tmp_path, capsys):
     flags = ("--epochs", "2", "--models", "ae", "--latent-dims", "4", "16")
-    results = run_use("features", mnist_slice_dir, tmp_path, *flags)
+    results = run_use("features", mnist_slice_dir, tmp_path, *flags, capsys=capsys)
     assert set(results) == {
         "probe_accuracy_pixels",
         "probe_accuracy_pca_4",
@@ -237,7 +235,7 @@ def test_colorize_runs_on_a_tfds_colour_dataset(empty_cache, tmp_path, capsys):
     flags = [*("--dataset", "cifar10", "--data-source", "tfds", "--workdir", str(tmp_path)), "--epochs", "1"]
     flags += [*("--batch-size", "16", "--model", "ae", "--widths", "32", "--latent-dim", "8")]
     with tfds.testing.mock_data(num_examples=64):
-        code = main(colorize.DEFAULTS, "", flags, use=Use("colorize", colorize.analyse, colorize.check))
+        code = main(colorize.DEFAULTS, "", flags, use=colorize.USE)
     assert code == 0, capsys.readouterr().err
     results = json.loads((tmp_path / "summary.json").read_text())["colorize"]
     assert results["dataset"] == "cifar10" and np.isfinite(results["test_psnr_colourised"])
@@ -247,15 +245,15 @@ def test_colorize_runs_on_a_tfds_colour_dataset(empty_cache, tmp_path, capsys):
 
 def test_colorize_on_an_absent_tfds_dataset_says_how_to_get_it(empty_cache, tmp_path, capsys):
     flags = ["--dataset", "cifar10", "--data-source", "tfds", "--workdir", str(tmp_path / "run")]
-    code = main(colorize.DEFAULTS, "", flags, use=Use("colorize", colorize.analyse, colorize.check))
+    code = main(colorize.DEFAULTS, "", flags, use=colorize.USE)
     error = capsys.readouterr().err
     assert code == 2 and error.startswith("error: ") and data.TF_INSTALL in error
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
-def test_nll_study_reports_a_bound_below_the_elbo(mnist_slice_dir, tmp_path):
-    results = run_use("nll", mnist_slice_dir, tmp_path, "--epochs", "2", "--iw-samples", "20")
+def test_nll_study_reports_a_bound_below_the_elbo(mnist_slice_dir, tmp_path, capsys):
+    results = run_use("nll", mnist_slice_dir, tmp_path, "--epochs", "2", "--iw-samples", "20", capsys=capsys)
     assert results["iw_samples"] == 20
     for name in ("vae_400_20", "vae_200x2_50"):
         assert results[f"{name}_epochs"] == 2
@@ -265,8 +263,8 @@ def test_nll_study_reports_a_bound_below_the_elbo(mnist_slice_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_study_states_the_claim_with_numbers(mnist_slice_dir, tmp_path):
-    results = run_use("compare", mnist_slice_dir, tmp_path, "--epochs", "1", "--seeds", "2")
+def test_compare_study_states_the_claim_with_numbers(mnist_slice_dir, tmp_path, capsys):
+    results = run_use("compare", mnist_slice_dir, tmp_path, "--epochs", "1", "--seeds", "2", capsys=capsys)
     for model in ("ae", "vae", "conv_ae", "conv_vae"):
         assert results[f"{model}_final_test_mse_sd"] > 0  # two seeds, two different runs
         assert sorted(p.name for p in (tmp_path / model).iterdir() if p.is_dir()) == ["seed_0", "seed_1"]
