@@ -31,12 +31,15 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per model, seed .. seed+N-1 (vmapped)")
 
 
+COMPARED = ("ae", "vae", "conv_ae", "conv_vae")  # the write-up's models and the conv VAE
+
+
 def variants(config: Config, args: argparse.Namespace) -> dict[str, Config]:
     if args.seeds < 2:
         raise ConfigError(f"--seeds must be at least 2 to give a spread, got {args.seeds}")
     return {
-        name: dataclasses.replace(config, model=name, widths=model.widths, seeds=args.seeds)  # default sizes
-        for name, model in models.MODELS.items()
+        name: dataclasses.replace(config, model=name, widths=models.MODELS[name].widths, seeds=args.seeds)  # defaults
+        for name in COMPARED
     }
 
 

@@ -24,8 +24,11 @@ from jaxae.workdir import restore_run
 DEFAULTS = Config(epochs=5, plot_epochs=())
 
 
+DEFAULT_MODELS = ("ae", "vae", "conv_ae", "conv_vae")
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", default=list(models.MODELS), help=f"of {', '.join(models.MODELS)}")
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help=f"of {', '.join(models.MODELS)}")
     parser.add_argument("--latent-dims", type=int, nargs="+", default=[10, 20], help="code sizes")
 
 

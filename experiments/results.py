@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from experiments import compare
 from experiments.cli import Parser, parse_run
 from experiments.harness import parse_study
 from jaxae import models
@@ -88,7 +89,7 @@ ROWS = (
     Row("conv autoencoder", "conv_ae", "python -m experiments.conv_ae", _single),
     Row("conv VAE", "conv_vae", "python -m experiments.conv_vae", _single),
     Row("VAE, 8 seeds", "vae_seeds8", "python -m experiments.vae --epochs 10 --seeds 8", _seeds),
-    *(Row(f"compare: {m}", "compare", "python -m experiments.compare", _compared(m), m) for m in models.MODELS),
+    *(Row(f"compare: {m}", "compare", "python -m experiments.compare", _compared(m), m) for m in compare.COMPARED),
     Row("compare: verdict", "compare", "python -m experiments.compare", _verdict, "conv_ae"),
     *(Row(f"NLL: {v}", "nll", "python -m experiments.nll", _nll(v), v) for v in ("vae_400_20", "vae_200x2_50")),
     *(

@@ -69,6 +69,8 @@ class Config:
     stages_decay: float = _field(10 ** (-1 / 7), "stages schedule: the learning rate's factor from a stage to the next")
     latent_dim: int = _field(20, "size of the code")
     widths: tuple[int, ...] = _field((400,), "MLP hidden widths or conv channels, encoder order")
+    upper_widths: tuple[int, ...] = _field((), "hvae: hidden widths between the first and a second stochastic layer")
+    upper_latent_dim: int = _field(0, "hvae: units of a second stochastic layer (0: one layer)")
     seed: int = _field(0, "seed of every random draw of the run")
     dataset: str = _field("mnist", "mnist, fashion_mnist or a TFDS image dataset")
     data_source: str = _field("auto", "where the data comes from: " + ", ".join(data.SOURCES))
@@ -134,8 +136,16 @@ def validate(config: Config) -> None:
         raise ConfigError(f"`widths` must be one or more positive integers, got {config.widths}", field="widths")
     if config.plot_epochs and min(config.plot_epochs) <= 0:
         raise ConfigError(f"`plot_epochs` must be positive epochs, got {config.plot_epochs}", field="plot_epochs")
+    if config.upper_latent_dim and config.model != "hvae":
+        raise ConfigError(f"`upper_latent_dim` needs `model` hvae, not {config.model}", field="upper_latent_dim")
+    if config.upper_latent_dim < 0 or (config.upper_latent_dim and not config.upper_widths):
+        raise ConfigError("`upper_latent_dim` needs `upper_widths`, and may not be negative", field="upper_latent_dim")
     if config.objective is not None:
         _one_of(config, "objective", losses.OBJECTIVES)
+    if config.upper_latent_dim and objective_name(config) in ("elbo", "reconstruction"):
+        raise ConfigError(
+            "two stochastic layers train on a k-sample objective: `objective` vae_k or iwae", field="objective"
+        )
     for name in config.eval_objectives:
         if name not in losses.OBJECTIVES:
             raise ConfigError(
@@ -160,19 +170,24 @@ def validate(config: Config) -> None:
 def build_model(config: Config, image_shape: tuple[int, int, int]):
     """The linen module a config describes, for images of ``image_shape`` (H, W, C)."""
     model_class = models.MODELS[config.model]
+    upper = {"upper": ((tuple(config.upper_widths), config.upper_latent_dim),)} if config.upper_latent_dim else {}
     try:
         return model_class(
             image_shape=tuple(image_shape),
             widths=tuple(config.widths),
             latent_dim=config.latent_dim,
             dtype=DTYPES[config.dtype],
+            **upper,
         )
     except ValueError as error:
         raise ConfigError(str(error), field="widths") from None
 
 
 def objective_name(config: Config) -> str:
-    """The training objective's name: ``config.objective``, else the model's own."""
+    """The training objective's name: ``config.objective``, else the model's own (``vae_k``
+    for two stochastic layers, whose ELBO has no closed form)."""
+    if config.objective is None and config.upper_latent_dim:
+        return "vae_k"
     return config.objective or losses.default_objective(models.MODELS[config.model])
 
 

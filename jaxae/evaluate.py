@@ -134,6 +134,33 @@ def _dataset_nll(model: nn.Module, samples: int) -> Callable:
     return jax.jit(lambda params, x, key: importance_weighted_nll(model, params, x, key, samples=samples))
 
 
+def active_units(model: nn.Module, params, x: np.ndarray, key: jax.Array, *, threshold: float = 0.01) -> list[int]:
+    """Burda et al.'s (2015) active units of each stochastic layer: the dimensions whose
+    posterior mean varies over the images ``x`` with variance above ``threshold``.
+
+    Layer 1's mean is ``E[z_1 | x]``; an upper layer's, ``E[z_l | z_{l-1}]`` at one draw of
+    ``z_{l-1}`` (from ``key``), as the paper's code measures it.
+    """
+    means = _posterior_means(model)
+    batches = [means(params, jnp.asarray(x[start : start + 1000]), key) for start in range(0, len(x), 1000)]
+    per_layer = [np.concatenate([np.asarray(batch[layer]) for batch in batches]) for layer in range(len(batches[0]))]
+    return [int(np.sum(np.var(mean, axis=0) > threshold)) for mean in per_layer]
+
+
+@functools.cache
+def _posterior_means(model: nn.Module) -> Callable:
+    def means(params, x, key):
+        mean, logvar = model.apply(params, x, method=model.encode)
+        found = [mean]
+        for layer in range(1, getattr(model, "depth", 1)):
+            z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.fold_in(key, layer), mean.shape)
+            mean, logvar = model.apply(params, z, layer, method=model.upper_posterior)
+            found.append(mean)
+        return found
+
+    return jax.jit(means)
+
+
 @dataclasses.dataclass(frozen=True)
 class PCA:
     """Principal component analysis, the linear baseline for codes: ``x ~ mean + z @ components``."""

@@ -163,29 +163,51 @@ def log_weights(
     - ``dreg``: as ``stl``, and the gradient reaching the encoder through ``z_i`` is
       multiplied by the normalised weight ``w_i / sum_j w_j``: weighted once more by the
       bound's own weights, this is Tucker et al.'s (2018) doubly reparameterized gradient.
+
+    A model with several stochastic layers (``model.depth > 1``, see
+    :class:`jaxae.models.HierarchicalVAE`) draws the chain ``z_1 .. z_L`` from ``q``,
+    layer ``l > 1`` with ``fold_in(key, l - 1)``, and scores it under its prior chain.
     """
+    depth = getattr(model, "depth", 1)
     mean, logvar = model.apply(params, inputs, method=model.encode)
     mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
     eps = jax.random.normal(key, (samples, *mean.shape), mean.dtype)
-    z = mean + jnp.exp(0.5 * logvar) * eps
+    zs = [mean + jnp.exp(0.5 * logvar) * eps]
+    for layer in range(1, depth):
+        upper_mean, upper_logvar = _upper(model, params, zs[-1], layer, model.upper_posterior)
+        upper_eps = jax.random.normal(jax.random.fold_in(key, layer), upper_mean.shape, upper_mean.dtype)
+        zs.append(upper_mean + jnp.exp(0.5 * upper_logvar) * upper_eps)
     q_mean, q_logvar = (mean, logvar) if estimator == "plain" else jax.lax.stop_gradient((mean, logvar))
     flat_targets = _flat(targets)
 
-    def joint_minus_q(params, z):
+    def joint_minus_q(params, zs):
+        z = zs[0]
         logits = model.apply(params, z.reshape(-1, z.shape[-1]), method=model.decode).astype(jnp.float32)
         logits = logits.reshape(samples, *flat_targets.shape)
-        log_likelihood = -jax.vmap(bernoulli_nll, in_axes=(0, None))(logits, flat_targets)
-        return log_likelihood + log_normal(z) - log_normal(z, q_mean, q_logvar), logits[0]
+        log_w = -jax.vmap(bernoulli_nll, in_axes=(0, None))(logits, flat_targets) - log_normal(z, q_mean, q_logvar)
+        q_params = params if estimator == "plain" else jax.lax.stop_gradient(params)
+        for layer in range(1, depth):  # q(z_{l+1} | z_l) and p(z_l | z_{l+1})
+            log_w -= log_normal(zs[layer], *_upper(model, q_params, zs[layer - 1], layer, model.upper_posterior))
+            log_w += log_normal(zs[layer - 1], *_upper(model, params, zs[layer], layer, model.upper_prior))
+        return log_w + log_normal(zs[-1]), logits[0]
 
     if estimator == "dreg":
-        return _reweighted_path_gradient(joint_minus_q)(params, z)
-    return joint_minus_q(params, z)
+        return _reweighted_path_gradient(joint_minus_q)(params, zs)
+    return joint_minus_q(params, zs)
+
+
+def _upper(model: nn.Module, params, z: jax.Array, layer: int, method) -> tuple[jax.Array, jax.Array]:
+    """An upper layer's (mean, logvar) for draws ``z (k, N, D)``, each ``(k, N, D')`` in float32."""
+    mean, logvar = model.apply(params, z.reshape(-1, z.shape[-1]), layer, method=method)
+    shape = (*z.shape[:-1], mean.shape[-1])
+    return mean.reshape(shape).astype(jnp.float32), logvar.reshape(shape).astype(jnp.float32)
 
 
 def _reweighted_path_gradient(log_weights_of: Callable) -> Callable:
-    """``log_weights_of(params, z) -> (k, N)`` whose gradient with respect to ``z_i`` is
-    multiplied by ``softmax(log w)_i``. Each ``log w_i`` depends on ``z_i`` alone, so one
-    backward pass gives it: the row of ``z``'s cotangent for draw ``i`` times its weight."""
+    """``log_weights_of(params, zs) -> (k, N)`` whose gradient with respect to each draw's
+    latents ``zs[l][i]`` is multiplied by ``softmax(log w)_i``. Each ``log w_i`` depends on
+    draw ``i``'s latents alone, so one backward pass gives it: the rows of the cotangents
+    for draw ``i`` times its weight."""
 
     @jax.custom_vjp
     def reweighted(params, z):
@@ -197,8 +219,8 @@ def _reweighted_path_gradient(log_weights_of: Callable) -> Callable:
 
     def backward(residuals, cotangents):
         pullback, weights, aux = residuals
-        d_params, d_z = pullback((cotangents[0], jnp.zeros_like(aux)))
-        return d_params, d_z * weights[..., None]
+        d_params, d_zs = pullback((cotangents[0], jnp.zeros_like(aux)))
+        return d_params, [d_z * weights[..., None] for d_z in d_zs]
 
     reweighted.defvjp(forward, backward)
     return reweighted

@@ -14,8 +14,9 @@ Models are plain pure functions of their parameters: ``model.apply(params, x, ke
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import flax.linen as nn
@@ -69,19 +70,31 @@ def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Ar
 
 
 class MLP(nn.Module):
-    """Dense layers with ReLU between them (and after the last when ``activate_last``)."""
+    """Dense layers with ``activation`` (ReLU) between them (and after the last when ``activate_last``).
+
+    ``glorot`` initialises as Burda et al. (2015): Glorot-uniform weights, zero biases;
+    otherwise as PyTorch's ``nn.Linear``.
+    """
 
     widths: Sequence[int]
     activate_last: bool = False
     dtype: jnp.dtype | None = None
+    activation: Callable[[jax.Array], jax.Array] = nn.relu
+    glorot: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, width in enumerate(self.widths):
-            x = dense(width, x.shape[-1], self.dtype)(x)
+            layer = glorot_dense(width, self.dtype) if self.glorot else dense(width, x.shape[-1], self.dtype)
+            x = layer(x)
             if i < len(self.widths) - 1 or self.activate_last:
-                x = nn.relu(x)
+                x = self.activation(x)
         return x
+
+
+def glorot_dense(features: int, dtype: jnp.dtype | None = None) -> nn.Dense:
+    """A Dense layer with Glorot-uniform weights and zero biases."""
+    return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.xavier_uniform())
 
 
 class MLPAutoencoder(nn.Module):
@@ -330,9 +343,82 @@ def variational_call(model: nn.Module, x: jax.Array, key: jax.Array | None) -> A
     return AutoencoderOutput(logits=model.decode(z), z=z, mean=mean, logvar=logvar)
 
 
+class HierarchicalVAE(nn.Module):
+    """Burda et al.'s (2015) VAE: stochastic layers ``z_1 .. z_L`` of diagonal Gaussians,
+    tanh MLPs between them, Glorot-uniform weights.
+
+    ``q(z_1 | x)`` reads ``x`` through ``widths`` to ``latent_dim`` units; each entry
+    ``(widths_l, dim_l)`` of ``upper`` adds a layer: ``q(z_{l+1} | z_l)`` and
+    ``p(z_l | z_{l+1})`` through ``widths_l``, with ``z_{l+1}`` of ``dim_l`` units; the top
+    layer's prior is ``N(0, I)`` and ``p(x | z_1)`` is Bernoulli through ``widths``
+    reversed. One stochastic layer: 784-200-200-50 (``upper=()``); two:
+    ``upper=(((100, 100), 100),)``. ``encode`` and ``decode`` are the bottom layer's, so
+    codes, reconstructions and samples of ``z_1`` work as for :class:`VAE`; the upper
+    layers are :meth:`upper_posterior` and :meth:`upper_prior`, which the k-sample
+    objectives use (the closed-form ELBO holds for one layer only).
+    """
+
+    variational: ClassVar[bool] = True
+    image_shape: Shape = (28, 28, 1)
+    widths: Sequence[int] = (200, 200)
+    latent_dim: int = 50
+    upper: Sequence[tuple[Sequence[int], int]] = ()
+    dtype: jnp.dtype | None = None
+
+    @property
+    def depth(self) -> int:
+        """The number of stochastic layers."""
+        return 1 + len(self.upper)
+
+    def setup(self):
+        mlp = functools.partial(MLP, activate_last=True, dtype=self.dtype, activation=jnp.tanh, glorot=True)
+        gaussian = functools.partial(glorot_dense, dtype=self.dtype)
+        dims = [self.latent_dim, *(dim for _, dim in self.upper)]
+        self.encoder, self.to_mean, self.to_logvar = mlp(self.widths), gaussian(dims[0]), gaussian(dims[0])
+        self.decoder = MLP(
+            (*reversed(self.widths), math.prod(self.image_shape)), dtype=self.dtype, activation=jnp.tanh, glorot=True
+        )
+        self.q_hidden = [mlp(widths) for widths, _ in self.upper]
+        self.q_mean = [gaussian(dim) for dim in dims[1:]]
+        self.q_logvar = [gaussian(dim) for dim in dims[1:]]
+        self.p_hidden = [mlp(tuple(reversed(widths))) for widths, _ in self.upper]
+        self.p_mean = [gaussian(dim) for dim in dims[:-1]]
+        self.p_logvar = [gaussian(dim) for dim in dims[:-1]]
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``q(z_1 | x)``: ``(N, H, W, C)`` -> (mean, logvar), each ``(N, latent_dim)``."""
+        h = self.encoder(x.reshape(x.shape[0], -1))
+        return self.to_mean(h), self.to_logvar(h)
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """``p(x | z_1)``: ``(N, latent_dim)`` -> logits ``(N, H, W, C)``."""
+        return self.decoder(z).reshape(z.shape[0], *self.image_shape)
+
+    def upper_posterior(self, z: jax.Array, layer: int) -> tuple[jax.Array, jax.Array]:
+        """``q(z_{layer+1} | z_layer)`` for ``layer = 1 .. depth-1``: (mean, logvar)."""
+        h = self.q_hidden[layer - 1](z)
+        return self.q_mean[layer - 1](h), self.q_logvar[layer - 1](h)
+
+    def upper_prior(self, z: jax.Array, layer: int) -> tuple[jax.Array, jax.Array]:
+        """``p(z_layer | z_{layer+1})`` for ``layer = 1 .. depth-1``: (mean, logvar)."""
+        h = self.p_hidden[layer - 1](z)
+        return self.p_mean[layer - 1](h), self.p_logvar[layer - 1](h)
+
+    def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> AutoencoderOutput:
+        out = variational_call(self, x, key)
+        if self.is_initializing():  # create the upper layers' parameters too
+            z = out.z
+            for layer in range(1, self.depth):
+                mean, _ = self.upper_posterior(z, layer)
+                self.upper_prior(mean, layer)
+                z = mean
+        return out
+
+
 MODELS: dict[str, type[nn.Module]] = {
     "ae": MLPAutoencoder,
     "vae": VAE,
     "conv_ae": ConvAutoencoder,
     "conv_vae": ConvVAE,
+    "hvae": HierarchicalVAE,
 }

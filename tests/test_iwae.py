@@ -103,3 +103,60 @@ def test_unknown_estimator_is_refused_naming_the_field():
     with pytest.raises(config.ConfigError, match="unknown `objective_estimator` 'rws'") as raised:
         config.validate(config.Config(objective="iwae", objective_estimator="rws"))
     assert raised.value.field == "objective_estimator"
+
+
+def two_layer_vae():
+    """784 is too wide for many draws: a 4x4 image, 3 then 2 latent units."""
+    return models.HierarchicalVAE(image_shape=(4, 4, 1), widths=(8,), latent_dim=3, upper=(((6,), 2),))
+
+
+def test_a_hierarchy_whose_upper_layer_is_switched_off_has_the_one_layer_likelihood(tiny_vae):
+    _, _, x = tiny_vae
+    model = two_layer_vae()
+    params = model.init(jax.random.key(2), x)["params"]
+    off = {
+        name: jax.tree.map(jnp.zeros_like, params[name])
+        for name in ("q_mean_0", "q_logvar_0", "p_mean_0", "p_logvar_0")
+    }
+    params = {"params": {**params, **off}}  # q(z2 | z1) = p(z2) = N(0, I) and p(z1 | z2) = N(0, I)
+    one_layer = models.HierarchicalVAE(image_shape=(4, 4, 1), widths=(8,), latent_dim=3)
+    lower = {
+        "params": {k: v for k, v in params["params"].items() if k in ("encoder", "to_mean", "to_logvar", "decoder")}
+    }
+    key = jax.random.key(5)
+    two = evaluate.importance_weighted_nll(model, params, x, key, samples=50)
+    one = evaluate.importance_weighted_nll(one_layer, lower, x, key, samples=50)
+    np.testing.assert_allclose(two, one, rtol=1e-5)
+    with_upper = evaluate.importance_weighted_nll(model, model.init(jax.random.key(2), x), x, key, samples=50)
+    assert not np.allclose(with_upper, one, rtol=1e-3)  # a live upper layer does change it
+
+
+def test_dreg_is_unbiased_and_lowers_the_variance_on_two_stochastic_layers(tiny_vae):
+    _, _, x = tiny_vae
+    model = two_layer_vae()
+    params = model.init(jax.random.key(3), x)
+
+    def gradients(estimator):
+        loss = objective("iwae", 20, estimator)
+
+        def gradient(key):
+            grads = jax.grad(lambda p: jnp.mean(loss(model, p, x, x, key)[0]))(params)["params"]
+            return jax.flatten_util.ravel_pytree(
+                {k: v for k, v in grads.items() if k.startswith(("q_", "to_", "enc"))}
+            )[0]
+
+        return jax.jit(jax.vmap(gradient))(jax.random.split(jax.random.key(8), 3000))
+
+    plain, dreg = gradients("plain"), gradients("dreg")
+    assert same_expectation(plain, dreg)
+    assert float(jnp.var(dreg, 0).sum()) < 0.5 * float(jnp.var(plain, 0).sum())
+
+
+def test_active_units_count_the_posterior_means_that_vary(tiny_vae):
+    _, _, x = tiny_vae
+    model = two_layer_vae()
+    params = model.init(jax.random.key(2), x)
+    params["params"]["to_mean"]["kernel"] = params["params"]["to_mean"]["kernel"].at[:, 0].set(0.0)
+    counts = evaluate.active_units(model, params, np.asarray(x), jax.random.key(0), threshold=1e-8)
+    assert counts[0] == 2 and 0 <= counts[1] <= 2  # unit 0 of z1 ignores the image
+    assert evaluate.active_units(model, params, np.asarray(x), jax.random.key(0), threshold=1e6) == [0, 0]

@@ -231,3 +231,16 @@ def test_measurements_compile_once_however_often_they_are_called(mnist_small):
         for seed in (1, 2):
             fit_probe(seed).predict_proba(np.zeros((7, 5), np.float32))
     assert first and not later
+
+
+def test_two_stochastic_layers_train_by_config_and_restore(slice_config, tmp_path):
+    run = tiny(slice_config, model="hvae", epochs=2, latent_dim=4, upper_widths=(8,), upper_latent_dim=3)
+    run = dataclasses.replace(run, objective="iwae", objective_samples=3, objective_estimator="dreg")
+    experiment.train_and_evaluate(run, tmp_path)
+    assert trains(tmp_path)
+    restored = workdir.restore_run(tmp_path)
+    assert restored.model.depth == 2 and "q_mean_0" in restored.params["params"]
+    with pytest.raises(config.ConfigError, match="k-sample objective") as raised:
+        config.validate(dataclasses.replace(run, objective="elbo"))
+    assert raised.value.field == "objective"
+    assert config.objective_name(dataclasses.replace(run, objective=None)) == "vae_k"

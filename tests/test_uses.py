@@ -265,6 +265,7 @@ def test_nll_study_reports_a_bound_below_the_elbo(mnist_slice_dir, tmp_path, cap
 @pytest.mark.slow
 def test_compare_study_states_the_claim_with_numbers(mnist_slice_dir, tmp_path, capsys):
     results = run_use("compare", mnist_slice_dir, tmp_path, "--epochs", "1", "--seeds", "2", capsys=capsys)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["ae", "conv_ae", "conv_vae", "figures", "vae"]
     for model in ("ae", "vae", "conv_ae", "conv_vae"):
         assert results[f"{model}_final_test_mse_sd"] > 0  # two seeds, two different runs
         assert sorted(p.name for p in (tmp_path / model).iterdir() if p.is_dir()) == ["seed_0", "seed_1"]
