@@ -43,8 +43,8 @@ def test_one_sample_bound_is_the_one_sample_elbo_and_the_iw_nll(tiny_vae):
     assert metrics["mse"].shape == (6,)
 
 
-@pytest.mark.parametrize("estimator", losses.ESTIMATORS)
-def test_the_bound_tightens_with_k_and_the_vae_average_does_not(tiny_vae, estimator):
+def test_the_bound_tightens_with_k_and_the_vae_average_does_not(tiny_vae, estimator="plain"):
+    """(Whatever the estimator: it changes gradients, never values, as the next test checks.)"""
     model, params, x = tiny_vae
     keys = jax.random.split(jax.random.key(4), 400)
 
