@@ -245,16 +245,12 @@ def iwae_objective(
 
     With ``samples = 1`` it is the one-sample ``-ELBO`` (a sampled KL); it tightens as
     ``samples`` grows. Gradients by ``estimator``: ``plain``, ``stl`` or ``dreg`` (see
-    :func:`log_weights`); the value is the same whichever.
+    :func:`log_weights`, which holds them: the log-sum-exp's own gradient weighs each
+    ``log w_i`` by its normalised weight); the value is the same whichever.
     """
     log_w, logits = log_weights(model, params, inputs, targets, key, samples=samples, estimator=estimator)
     bound = jax.scipy.special.logsumexp(log_w, axis=0) - jnp.log(samples)
-    if estimator == "plain":
-        loss = -bound
-    else:  # the gradient of sum_i stop(w_i) log w_i, the value of the bound
-        surrogate = jnp.sum(jax.lax.stop_gradient(jax.nn.softmax(log_w, axis=0)) * log_w, axis=0)
-        loss = jax.lax.stop_gradient(-bound) - (surrogate - jax.lax.stop_gradient(surrogate))
-    return loss, {"mse": _mse(logits, targets)}
+    return -bound, {"mse": _mse(logits, targets)}
 
 
 def vae_k_objective(
