@@ -77,10 +77,14 @@ def decode(model: nn.Module, params, z: np.ndarray) -> np.ndarray:
 def objective_values(model: nn.Module, objective, params, x: np.ndarray, key: jax.Array) -> np.ndarray:
     """``objective``'s per-example loss ``(N,)`` on images ``x`` (inputs and targets), batch ``b``
     drawing with ``fold_in(key, b)``: for example the one-sample ``-ELBO`` of a test set."""
-    values = _objective_values(model, objective)
+    return _batched_with_keys(_objective_values(model, objective), params, x, key, 1000)
+
+
+def _batched_with_keys(fn: Callable, params, x: np.ndarray, key: jax.Array, batch_size: int) -> np.ndarray:
+    """``fn(params, batch, fold_in(key, b))`` over batches ``b`` of ``x``; results concatenated."""
     batches = [
-        values(params, jnp.asarray(x[start : start + 1000]), jax.random.fold_in(key, b))
-        for b, start in enumerate(range(0, len(x), 1000))
+        fn(params, jnp.asarray(x[start : start + batch_size]), jax.random.fold_in(key, b))
+        for b, start in enumerate(range(0, len(x), batch_size))
     ]
     return np.concatenate([np.asarray(batch) for batch in batches])
 
@@ -121,12 +125,7 @@ def dataset_nll(
     model: nn.Module, params, images: np.ndarray, key: jax.Array, *, samples: int, batch_size: int = 100
 ) -> np.ndarray:
     """:func:`importance_weighted_nll` of every image ``(N,)``; batch ``b`` draws with ``fold_in(key, b)``."""
-    nll = _dataset_nll(model, samples)
-    batches = [
-        nll(params, jnp.asarray(images[start : start + batch_size]), jax.random.fold_in(key, b))
-        for b, start in enumerate(range(0, len(images), batch_size))
-    ]
-    return np.concatenate([np.asarray(batch) for batch in batches])
+    return _batched_with_keys(_dataset_nll(model, samples), params, images, key, batch_size)
 
 
 @functools.cache
