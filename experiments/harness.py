@@ -161,7 +161,8 @@ def _run_study(config: Config, args: argparse.Namespace, study: Study) -> int:
         for name, variant in variants.items():
             if speaks:
                 print(f"{study.name}: training {name} ({variant.model}, {variant.latent_dim}-d code)", flush=True)
-            _train(variant, workdir / name, values, speaks=speaks)
+            flags = values if "epochs" not in study.fixed else {**values, "epochs": variant.epochs}
+            _train(variant, workdir / name, flags, speaks=speaks)
         if not speaks:
             return 0
         results = study.analyse(variants, workdir, args)

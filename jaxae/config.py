@@ -67,6 +67,9 @@ class Config:
     stages_count: int = _field(8, "stages schedule: how many stages (stage i runs growth**i epochs)")
     stages_growth: int = _field(3, "stages schedule: each stage runs this many times the epochs of the one before")
     stages_decay: float = _field(10 ** (-1 / 7), "stages schedule: the learning rate's factor from a stage to the next")
+    init_output_bias: bool = _field(
+        False, "start the decoder's output bias at the logit of the mean training pixel (Burda et al. 2015)"
+    )
     latent_dim: int = _field(20, "size of the code")
     widths: tuple[int, ...] = _field((400,), "MLP hidden widths or conv channels, encoder order")
     upper_widths: tuple[int, ...] = _field((), "hvae: hidden widths between the first and a second stochastic layer")
@@ -104,7 +107,7 @@ class Config:
 # Fields that may change when a run is resumed: they do not change what was trained.
 RESUMABLE_FIELDS = frozenset(
     {"epochs", "plot_epochs", "data_source", "data_dir", "keep_checkpoints", "train_rows", "eval_objectives"}
-    | {"eval_batch_size"}
+    | {"eval_batch_size", "stages_count"}  # later stages do not change the epochs of earlier ones
 )
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -140,6 +143,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"`upper_latent_dim` needs `model` hvae, not {config.model}", field="upper_latent_dim")
     if config.upper_latent_dim < 0 or (config.upper_latent_dim and not config.upper_widths):
         raise ConfigError("`upper_latent_dim` needs `upper_widths`, and may not be negative", field="upper_latent_dim")
+    if config.init_output_bias and config.model not in models.MLP_DECODERS:
+        raise ConfigError(
+            f"`init_output_bias` needs an MLP decoder ({', '.join(models.MLP_DECODERS)}), not {config.model}",
+            field="init_output_bias",
+        )
     if config.objective is not None:
         _one_of(config, "objective", losses.OBJECTIVES)
     if config.upper_latent_dim and objective_name(config) in ("elbo", "reconstruction"):

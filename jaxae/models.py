@@ -415,6 +415,26 @@ class HierarchicalVAE(nn.Module):
         return out
 
 
+def mean_pixel_logits(images: np.ndarray) -> np.ndarray:
+    """uint8 images ``(N, H, W, C)`` -> ``(H*W*C,)`` float32 logits of each pixel's mean grey
+    level, clipped to [0.001, 0.999] as Burda et al. do, so blank corners stay finite."""
+    mean = np.clip(images.reshape(len(images), -1).mean(axis=0, dtype=np.float64) / 255, 0.001, 0.999)
+    return np.log(mean / (1 - mean)).astype(np.float32)
+
+
+def with_output_bias(params: dict, bias: jax.Array) -> dict:
+    """``params`` of a model with an MLP decoder (ae, vae, hvae) whose last layer's bias is
+    ``bias (H*W*C,)``: the decoder then starts at the mean image (Burda et al., 2015)."""
+    decoder = params["params"]["decoder"]
+    last = max(decoder, key=lambda name: int(name.rsplit("_", 1)[1]))
+    if decoder[last]["bias"].shape != bias.shape:
+        raise ValueError(f"the decoder's output bias has shape {decoder[last]['bias'].shape}, not {bias.shape}")
+    layer = {**decoder[last], "bias": jnp.asarray(bias, decoder[last]["bias"].dtype)}
+    return {**params, "params": {**params["params"], "decoder": {**decoder, last: layer}}}
+
+
+MLP_DECODERS = ("ae", "vae", "hvae")
+
 MODELS: dict[str, type[nn.Module]] = {
     "ae": MLPAutoencoder,
     "vae": VAE,

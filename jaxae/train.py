@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jaxae import parallel
+from jaxae import models, parallel
 from jaxae.losses import Objective
 
 TrainState = train_state.TrainState
@@ -39,10 +39,19 @@ class TrainingDiverged(RuntimeError):
 
 
 def create_state(
-    model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, int, int], *, key: jax.Array
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    image_shape: tuple[int, int, int],
+    *,
+    key: jax.Array,
+    output_bias: np.ndarray | None = None,
 ) -> TrainState:
-    """Initialises parameters and optimizer state for images of ``image_shape`` (H, W, C)."""
+    """Initialises parameters and optimizer state for images of ``image_shape`` (H, W, C);
+    ``output_bias (H*W*C,)``, when given, replaces the decoder's last bias
+    (:func:`jaxae.models.with_output_bias`)."""
     params = init_params(model, image_shape, key)
+    if output_bias is not None:
+        params = models.with_output_bias(params, output_bias)
     state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
     return state.replace(step=jnp.zeros((), jnp.int32))  # an array, so checkpoints restore its dtype
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import flax.linen as nn
 import jax
 
-from jaxae import data, parallel, train
+from jaxae import data, models, parallel, train
 from jaxae.checkpoint import CheckpointError, Checkpoints
 from jaxae.config import RESUMABLE_FIELDS, Config, ConfigError, build_model, load_split
 from jaxae.epoch_figures import RunFigures
@@ -103,13 +103,16 @@ class SeedRun:
         self.root_key = jax.random.key(config.seed)
         self.init_key, self.train_key, sample_key = jax.random.split(self.root_key, 3)
         self.figures = RunFigures(model, config, workdir / "figures", train_set.images, test_set.images, sample_key)
+        self.output_bias = models.mean_pixel_logits(train_set.images) if config.init_output_bias else None
         self.checkpoints: Checkpoints | None = None
         self.history: list[dict] = []
 
     def start(self, *, resume: bool, overwrite: bool, fall_back: bool, log: Callable[[str], None]) -> train.TrainState:
         """Prepares the folder; returns the fresh state, or the latest checkpoint's on resume."""
         prepare_workdir(self.workdir, self.config, resume=resume, overwrite=overwrite)
-        state = train.create_state(self.model, self.tx, self.image_shape, key=self.init_key)
+        state = train.create_state(
+            self.model, self.tx, self.image_shape, key=self.init_key, output_bias=self.output_bias
+        )
         state = parallel.replicate(state, self.mesh)  # restored checkpoints land replicated too
         self.checkpoints = Checkpoints(self.workdir / "checkpoints", keep=self.config.keep_checkpoints)
         if resume and self.checkpoints.latest_epoch() is not None:

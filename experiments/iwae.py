@@ -1,0 +1,287 @@
+"""Burda, Grosse and Salakhutdinov's (2015) Table 1: test NLL of VAEs and IWAEs on
+dynamically binarized MNIST, k = 5000 importance samples, one command.
+
+python -m experiments.iwae --rows all --stages 3             # every row, 13 epochs each
+python -m experiments.iwae --rows iwae-1l-k50 vae-1l-k50     # two rows, the full 3280 epochs
+python -m experiments.iwae --rows all --stages 3 --resume    # finish or extend, row by row
+
+A row is ``<vae|iwae>-<1|2>l-k<1|5|50>``, optionally ending ``-stl``, ``-dreg`` or
+``-plain`` to pick its gradient estimator (otherwise --estimator's); ``all`` is the paper's
+12 rows. VAE and IWAE are one objective at k = 1, so those two rows share one run. Each
+run is a full run directory ``<workdir>/<row>`` (checkpoints, metrics, figures, summary),
+resumable as any other; its k-sample NLL and active units are kept in ``table.json`` there,
+so a later call measures only what changed.
+
+The setup is the paper's: 784-200-200-50 (tanh, posterior sigma through exp) for one
+stochastic layer, 100-100 and 100 stochastic units more for two; Glorot-uniform weights,
+the output bias at the logit of the mean training pixel; batch 20; Adam (beta1 0.9,
+beta2 0.999); stage i (0..7) runs 3^i epochs at learning rate 1e-3 * 10^(-i/7). The loss
+is averaged over the batch where the paper's code sums it, so Adam's epsilon is the
+code's 1e-4 divided by the batch, 5e-6: the updates are then the code's exactly.
+Training uses all 60,000 training images (the code held 400 out for validation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from experiments.cli import count
+from experiments.harness import Study, main_study
+from jaxae import evaluate, losses
+from jaxae.config import Config, ConfigError
+from jaxae.files import atomic_write_text
+from jaxae.workdir import RestoredRun, restore_run
+
+BATCH_SIZE = 20
+DEFAULTS = Config(
+    model="hvae",
+    widths=(200, 200),
+    latent_dim=50,
+    batch_size=BATCH_SIZE,
+    binarize="dynamic",
+    init_output_bias=True,
+    optimizer="adam",
+    adam_b1=0.9,
+    adam_b2=0.999,
+    adam_eps=1e-4 / BATCH_SIZE,
+    learning_rate=1e-3,
+    schedule="stages",
+    stages_growth=3,
+    stages_decay=10 ** (-1 / 7),
+    plot_epochs=(),
+    keep_checkpoints=1,
+)
+UPPER = {1: {}, 2: {"upper_widths": (100, 100), "upper_latent_dim": 100}}
+
+# Table 1 of Burda et al. (2015): test NLL in nats, k = 5000.
+PAPER = {
+    "vae-1l-k1": 86.76, "vae-1l-k5": 86.47, "vae-1l-k50": 86.35,
+    "iwae-1l-k1": 86.76, "iwae-1l-k5": 85.54, "iwae-1l-k50": 84.78,
+    "vae-2l-k1": 85.33, "vae-2l-k5": 85.01, "vae-2l-k50": 84.78,
+    "iwae-2l-k1": 85.33, "iwae-2l-k5": 83.89, "iwae-2l-k50": 82.90,
+}  # fmt: skip
+ROW = re.compile(r"(vae|iwae)-([12])l-k(\d+)(?:-(" + "|".join(losses.ESTIMATORS) + r"))?")
+PAPER_STAGES = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of the table: objective, stochastic layers, samples k, gradient estimator."""
+
+    objective: str
+    layers: int
+    samples: int
+    estimator: str
+
+    @property
+    def name(self) -> str:
+        suffix = "" if self.estimator == "plain" else f"-{self.estimator}"
+        return f"{self.objective}-{self.layers}l-k{self.samples}{suffix}"
+
+    @property
+    def paper_name(self) -> str | None:
+        """The paper's row this one reproduces (its plain gradient), or None."""
+        name = f"{self.objective}-{self.layers}l-k{self.samples}"
+        return name if self.estimator == "plain" and name in PAPER else None
+
+    @property
+    def run_name(self) -> str:
+        """The run that trains it: at k = 1 the VAE and IWAE rows share ``iwae-<L>l-k1``."""
+        return self.name if self.samples > 1 else dataclasses.replace(self, objective="iwae").name
+
+
+def parse_rows(names: list[str], estimator: str) -> list[Row]:
+    """Rows named on the command line, ``all`` for the paper's; errors name a valid form."""
+    rows = []
+    for name in names:
+        if name == "all":
+            rows += parse_rows(list(PAPER), estimator)
+            continue
+        match = ROW.fullmatch(name)
+        if match is None or int(match[3]) <= 0:
+            raise ConfigError(
+                f"unknown row {name!r}: use all, or <vae|iwae>-<1|2>l-k<samples>[-<estimator>], "
+                f"for example iwae-2l-k50 or iwae-1l-k50-dreg (estimators: {', '.join(losses.ESTIMATORS)})"
+            )
+        rows.append(Row(match[1], int(match[2]), int(match[3]), match[4] or estimator))
+    return list(dict.fromkeys(rows))
+
+
+def stage_epochs(stages: int, growth: int = 3) -> int:
+    """Epochs of the first ``stages`` stages: 1 + 3 + ... + 3^(stages-1)."""
+    return sum(growth**i for i in range(stages))
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rows", nargs="+", default=["all"], help="rows to run by name, or all (default: all)")
+    parser.add_argument(
+        "--stages", type=int, default=PAPER_STAGES, help=f"stages of the schedule to run, 1..{PAPER_STAGES} "
+        f"(default: {PAPER_STAGES}, the paper's {stage_epochs(PAPER_STAGES)} epochs)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--estimator", default="plain", help=f"estimator of rows that name none: {', '.join(losses.ESTIMATORS)}"
+    )
+    parser.add_argument(
+        "--iw-samples", type=int, default=5000, help="importance samples per test image (default: %(default)s)"
+    )
+
+
+def variants(config: Config, args: argparse.Namespace) -> dict[str, Config]:
+    if args.estimator not in losses.ESTIMATORS:
+        raise ConfigError(f"unknown --estimator {args.estimator!r}: use one of {', '.join(losses.ESTIMATORS)}")
+    if not 1 <= args.stages <= PAPER_STAGES:
+        raise ConfigError(f"--stages must be 1..{PAPER_STAGES}, got {args.stages}")
+    if args.iw_samples <= 0 or (args.iw_samples > 500 and args.iw_samples % 500):
+        raise ConfigError(f"--iw-samples must be positive, and a multiple of 500 above 500; got {args.iw_samples}")
+    runs = {}
+    for row in parse_rows(args.rows, args.estimator):
+        runs[row.run_name] = dataclasses.replace(
+            config,
+            objective="iwae" if row.samples == 1 else {"vae": "vae_k", "iwae": "iwae"}[row.objective],
+            objective_samples=row.samples,
+            objective_estimator=row.estimator,
+            stages_count=args.stages,
+            epochs=stage_epochs(args.stages),
+            **UPPER[row.layers],
+        )
+    return runs
+
+
+def measure(run: RestoredRun, workdir: Path, samples: int) -> dict:
+    """The run's k-sample test NLL and active units; kept in ``table.json`` beside it and
+    measured again only when the run or ``samples`` changed."""
+    cache = workdir / "table.json"
+    if cache.exists():
+        kept = json.loads(cache.read_text())
+        if kept.get("epochs") == run.epoch and kept.get("iw_samples") == samples:
+            return kept
+    test = np.asarray(run.test_set.images, np.float32) / 255  # binarized once: 0 or 1
+    key = jax.random.key(run.config.seed + 3)
+    started = time.perf_counter()
+    nll = evaluate.dataset_nll(run.model, run.params, test, key, samples=samples)
+    figures = {
+        "epochs": run.epoch,
+        "iw_samples": samples,
+        "test_nll": float(nll.mean()),
+        "test_nll_stderr": float(nll.std(ddof=1) / np.sqrt(len(nll))),
+        "nll_seconds": time.perf_counter() - started,
+        "active_units": evaluate.active_units(run.model, run.params, test, key),
+        "train_seconds": json.loads((workdir / "summary.json").read_text())["train_seconds"],
+    }
+    atomic_write_text(cache, json.dumps(figures, indent=2))
+    return figures
+
+
+def analyse(variants: dict[str, Config], workdir: Path, args: argparse.Namespace) -> dict:
+    rows = parse_rows(args.rows, args.estimator)
+    measured = {}
+    for name in variants:
+        print(f"iwae: measuring {name} (k = {args.iw_samples})", flush=True)
+        measured[name] = measure(restore_run(workdir / name), workdir / name, args.iw_samples)
+    table = [table_row(row, measured[row.run_name], args.stages) for row in rows]
+    results = {"stages": args.stages, "epochs": stage_epochs(args.stages), "iw_samples": args.iw_samples}
+    results |= {"rows": table, "claims": claims({row["row"]: row for row in table})}
+    atomic_write_text(workdir / "table.md", markdown(results))
+    print(markdown(results), flush=True)
+    return results
+
+
+def table_row(row: Row, figures: dict, stages: int) -> dict:
+    paper = PAPER.get(row.paper_name)
+    return {
+        "row": row.name,
+        "paper_nll": paper,
+        "nll": round(figures["test_nll"], 2),
+        "nll_stderr": round(figures["test_nll_stderr"], 2),
+        "difference": None if paper is None else round(figures["test_nll"] - paper, 2),
+        "active_units": figures["active_units"],
+        "budget": f"{stages}/{PAPER_STAGES} stages, {count(figures['epochs'], 'epoch')}",
+        "train_seconds": round(figures["train_seconds"]),
+        "nll_seconds": round(figures["nll_seconds"]),
+    }
+
+
+def claims(rows: dict[str, dict]) -> dict[str, dict]:
+    """The paper's qualitative claims, each judged on the rows measured: ``holds`` (or None
+    when a row it needs is missing) and the numbers it rests on."""
+    nll = {name: row["nll"] for name, row in rows.items()}
+    units = {name: row["active_units"][0] for name, row in rows.items()}
+    verdicts = {}
+
+    def judge(claim: str, needed: list[str], holds) -> None:
+        present = all(name in nll for name in needed)
+        numbers = {name: nll[name] for name in needed if name in nll}
+        verdicts[claim] = {"holds": bool(holds()) if present else None, "nll": numbers}
+
+    for layers in (1, 2):
+        k1, vae50, iwae50 = f"iwae-{layers}l-k1", f"vae-{layers}l-k50", f"iwae-{layers}l-k50"
+        judge(
+            f"{layers}l: IWAE's NLL falls with k, the VAE's less",
+            [k1, vae50, iwae50],
+            lambda k1=k1, v=vae50, i=iwae50: nll[k1] > nll[i] and nll[k1] - nll[i] > nll[k1] - nll[v],
+        )
+        judge(
+            f"{layers}l: IWAE k=50 keeps more active units than VAE k=50",
+            [vae50, iwae50],
+            lambda v=vae50, i=iwae50: units[i] > units[v],
+        )
+        if all(name in units for name in (vae50, iwae50)):
+            verdicts[f"{layers}l: IWAE k=50 keeps more active units than VAE k=50"]["active_units"] = {
+                vae50: units[vae50],
+                iwae50: units[iwae50],
+            }
+    pairs = [(f"{o}-1l-k{k}", f"{o}-2l-k{k}") for o in ("vae", "iwae") for k in (1, 5, 50)]
+    present = [(one, two) for one, two in pairs if one in nll and two in nll]
+    verdicts["2 stochastic layers beat 1"] = {
+        "holds": all(nll[two] < nll[one] for one, two in present) if present else None,
+        "nll": {name: nll[name] for pair in present for name in pair},
+    }
+    for estimator in ("stl", "dreg"):
+        judge(
+            f"{estimator} beats the plain gradient at k=50 (1l)",
+            ["iwae-1l-k50", f"iwae-1l-k50-{estimator}"],
+            lambda e=estimator: nll[f"iwae-1l-k50-{e}"] < nll["iwae-1l-k50"],
+        )
+    return verdicts
+
+
+def markdown(results: dict) -> str:
+    """The table (and the claims' verdicts) as Markdown, as the README shows them."""
+    lines = [
+        f"Test NLL (nats, k = {results['iw_samples']}), {results['stages']} of {PAPER_STAGES} stages "
+        f"({count(results['epochs'], 'epoch')} of {stage_epochs(PAPER_STAGES)}):",
+        "",
+        "| row | paper | jaxae | ± | difference | active units | train s | NLL s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in results["rows"]:
+        paper = "" if row["paper_nll"] is None else f"{row['paper_nll']:.2f}"
+        difference = "" if row["difference"] is None else f"{row['difference']:+.2f}"
+        lines.append(
+            f"| {row['row']} | {paper} | {row['nll']:.2f} | {row['nll_stderr']:.2f} | {difference} | "
+            f"{'+'.join(map(str, row['active_units']))} | {row['train_seconds']} | {row['nll_seconds']} |"
+        )
+    lines += ["", "| claim | holds | on |", "| --- | --- | --- |"]
+    for claim, verdict in results["claims"].items():
+        holds = {True: "yes", False: "no", None: "not measured"}[verdict["holds"]]
+        numbers = ", ".join(f"{name} {value:.2f}" for name, value in verdict["nll"].items())
+        units = verdict.get("active_units")
+        numbers += "" if units is None else "; active units " + ", ".join(f"{n} {u}" for n, u in units.items())
+        lines.append(f"| {claim} | {holds} | {numbers} |")
+    return "\n".join(lines) + "\n"
+
+
+FIXED = ("model", "seeds", "widths", "latent_dim", "upper_widths", "upper_latent_dim", "binarize", "epochs")
+FIXED += ("objective", "objective_samples", "objective_estimator", "stages_count", "batch_size", "init_output_bias")
+STUDY = Study("iwae", variants, analyse, add_flags, fixed=FIXED)
+
+if __name__ == "__main__":
+    raise SystemExit(main_study(DEFAULTS, __doc__, STUDY))
