@@ -1,5 +1,7 @@
 """The k-sample objectives (IWAE bound, VAE with k samples) and their gradient estimators."""
 
+import dataclasses
+
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -160,3 +162,120 @@ def test_active_units_count_the_posterior_means_that_vary(tiny_vae):
     counts = evaluate.active_units(model, params, np.asarray(x), jax.random.key(0), threshold=1e-8)
     assert counts[0] == 2 and 0 <= counts[1] <= 2  # unit 0 of z1 ignores the image
     assert evaluate.active_units(model, params, np.asarray(x), jax.random.key(0), threshold=1e6) == [0, 0]
+
+
+def test_the_bound_converges_to_the_exact_likelihood_of_a_two_dimensional_code(tiny_vae):
+    """With a 2-d code, ``log p(x) = log ∫ p(x|z) p(z) dz`` is a grid sum: the exact answer."""
+    model, params, x = tiny_vae
+    grid = jnp.linspace(-7, 7, 561)
+    z = jnp.stack(jnp.meshgrid(grid, grid), -1).reshape(-1, 2)
+    logits = model.apply(params, z, method=model.decode)
+    log_joint = -jax.vmap(lambda image: losses.bernoulli_nll(logits, image[None]))(x) + losses.log_normal(z)
+    exact = -(jax.scipy.special.logsumexp(log_joint, axis=1) + 2 * jnp.log(grid[1] - grid[0]))
+    key = jax.random.key(6)
+    one_sample = jax.vmap(lambda k: evaluate.importance_weighted_nll(model, params, x, k, samples=1))
+    negative_elbo = one_sample(jax.random.split(key, 500)).mean(0)
+    assert np.all(negative_elbo > exact + 0.05)  # the ELBO's gap
+    np.testing.assert_allclose(evaluate.importance_weighted_nll(model, params, x, key, samples=5000), exact, atol=0.02)
+
+
+def test_the_output_bias_starts_at_the_logit_of_the_mean_training_pixel(slice_config, tmp_path):
+    from jaxae.experiment import train_and_evaluate
+    from jaxae.workdir import restore_run
+
+    images = np.zeros((4, 2, 2, 1), np.uint8)
+    images[:2, 0, 0] = 255  # pixel (0, 0) is on in half the images, the rest never are
+    logits = models.mean_pixel_logits(images)
+    np.testing.assert_allclose(logits, [0.0, np.log(0.001 / 0.999), np.log(0.001 / 0.999), np.log(0.001 / 0.999)])
+
+    run = dataclasses.replace(slice_config, init_output_bias=True, epochs=1)
+    train_and_evaluate(run, tmp_path / "biased", log=lambda m: None)
+    unbiased = dataclasses.replace(run, init_output_bias=False)
+    train_and_evaluate(unbiased, tmp_path / "plain", log=lambda m: None)
+    train_set = config.load_split(run, "train")
+    expected = models.mean_pixel_logits(train_set.images)
+    biased, plain = (restore_run(tmp_path / name).params["params"]["decoder"] for name in ("biased", "plain"))
+    # one epoch of small steps moves the bias a little: it stays near where it started
+    distance = {
+        name: np.abs(layers["Dense_1"]["bias"] - expected).mean()
+        for name, layers in (("biased", biased), ("plain", plain))
+    }
+    assert distance["biased"] < 0.3 < distance["plain"]
+    with pytest.raises(config.ConfigError, match="`init_output_bias` needs an MLP decoder"):
+        config.validate(dataclasses.replace(run, model="conv_ae"))
+
+
+def iwae_command(mnist_slice_dir, workdir, *flags, capsys):
+    """``python -m experiments.iwae`` on the MNIST slice, in this process: (exit code, stdout, stderr)."""
+    from experiments import iwae
+    from experiments.harness import main_study
+
+    argv = ["--workdir", str(workdir), "--dataset", "mnist_slice", "--data-source", "idx"]
+    code = main_study(iwae.DEFAULTS, iwae.__doc__, iwae.STUDY, [*argv, "--data-dir", str(mnist_slice_dir), *flags])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.slow
+def test_iwae_command_trains_rows_resumes_to_more_stages_and_measures_once(mnist_slice_dir, tmp_path, capsys):
+    import json
+
+    rows = ("--rows", "vae-1l-k1", "iwae-1l-k1", "iwae-1l-k3-dreg", "--iw-samples", "20")
+    code, out, err = iwae_command(mnist_slice_dir, tmp_path, *rows, "--stages", "1", capsys=capsys)
+    assert code == 0, err[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["iwae-1l-k1", "iwae-1l-k3-dreg"]
+    run = json.loads((tmp_path / "iwae-1l-k3-dreg" / "config.json").read_text())
+    assert (run["widths"], run["latent_dim"], run["batch_size"], run["adam_eps"]) == ([200, 200], 50, 20, 5e-6)
+    assert (run["objective"], run["objective_samples"], run["objective_estimator"]) == ("iwae", 3, "dreg")
+    assert run["init_output_bias"] and run["epochs"] == 1 and run["binarize"] == "dynamic"
+    table = json.loads((tmp_path / "summary.json").read_text())["iwae"]
+    vae, iwae, dreg = table["rows"]
+    assert vae["nll"] == iwae["nll"] and (vae["paper_nll"], dreg["paper_nll"]) == (86.76, None)
+    assert vae["difference"] == pytest.approx(vae["nll"] - 86.76, abs=0.011) and 0 < vae["nll"] < 500
+    assert len(vae["active_units"]) == 1 and 0 <= vae["active_units"][0] <= 50
+    assert "| vae-1l-k1 | 86.76 |" in out and (tmp_path / "table.md").read_text() in out
+    measured = (tmp_path / "iwae-1l-k1" / "table.json").read_text()
+
+    code, out, err = iwae_command(mnist_slice_dir, tmp_path, *rows, "--stages", "2", "--resume", capsys=capsys)
+    assert code == 0, err[-3000:]
+    assert "resumed" in out and "epoch   4/4" in out
+    history = [json.loads(line) for line in (tmp_path / "iwae-1l-k1" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in history] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "iwae-1l-k1" / "table.json").read_text())["epochs"] == 4  # measured anew
+    again = (tmp_path / "iwae-1l-k1" / "table.json").read_text()
+    code, out, err = iwae_command(mnist_slice_dir, tmp_path, *rows, "--stages", "2", "--resume", capsys=capsys)
+    assert code == 0 and (tmp_path / "iwae-1l-k1" / "table.json").read_text() == again != measured
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--rows", "iwae-3l-k5"), "unknown row 'iwae-3l-k5': use all, or <vae|iwae>-<1|2>l-k<samples>"),
+        (("--rows", "vae-1l-k0"), "unknown row 'vae-1l-k0'"),
+        (("--stages", "9"), "--stages must be 1..8, got 9"),
+        (("--estimator", "rws"), "unknown --estimator 'rws': use one of plain, stl, dreg"),
+    ],
+)
+def test_iwae_command_refuses_bad_rows_and_stages_in_one_line(mnist_slice_dir, tmp_path, capsys, flags, message):
+    code, out, err = iwae_command(mnist_slice_dir, tmp_path / "table", *flags, capsys=capsys)
+    assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "table").exists()
+
+
+def test_the_claims_are_judged_on_the_rows_measured():
+    from experiments import iwae
+
+    def rows(**nll):
+        return {name.replace("_", "-"): {"nll": value, "active_units": [10]} for name, value in nll.items()}
+
+    measured = rows(iwae_1l_k1=90.0, vae_1l_k50=89.5, iwae_1l_k50=88.0, iwae_1l_k50_dreg=87.5, iwae_1l_k50_stl=88.5)
+    measured["iwae-1l-k50"]["active_units"] = [20]
+    verdicts = iwae.claims(measured)
+    assert verdicts["1l: IWAE's NLL falls with k, the VAE's less"]["holds"] is True
+    assert verdicts["1l: IWAE k=50 keeps more active units than VAE k=50"]["holds"] is True
+    assert verdicts["dreg beats the plain gradient at k=50 (1l)"]["holds"] is True
+    assert verdicts["stl beats the plain gradient at k=50 (1l)"]["holds"] is False
+    assert verdicts["2l: IWAE's NLL falls with k, the VAE's less"]["holds"] is None  # no 2-layer rows
+    assert verdicts["2 stochastic layers beat 1"]["holds"] is None
+    measured |= rows(iwae_2l_k50=88.5)
+    assert iwae.claims(measured)["2 stochastic layers beat 1"]["holds"] is False
