@@ -58,6 +58,7 @@ DEFAULTS = Config(
     stages_decay=10 ** (-1 / 7),
     plot_epochs=(),
     keep_checkpoints=1,
+    eval_batch_size=200,  # 200 images x 50 draws: the logits of one batch stay in cache
 )
 UPPER = {1: {}, 2: {"upper_widths": (100, 100), "upper_latent_dim": 100}}
 
@@ -139,8 +140,10 @@ def variants(config: Config, args: argparse.Namespace) -> dict[str, Config]:
         raise ConfigError(f"unknown --estimator {args.estimator!r}: use one of {', '.join(losses.ESTIMATORS)}")
     if not 1 <= args.stages <= PAPER_STAGES:
         raise ConfigError(f"--stages must be 1..{PAPER_STAGES}, got {args.stages}")
-    if args.iw_samples <= 0 or (args.iw_samples > 500 and args.iw_samples % 500):
-        raise ConfigError(f"--iw-samples must be positive, and a multiple of 500 above 500; got {args.iw_samples}")
+    if args.iw_samples <= 0 or (args.iw_samples > evaluate.NLL_CHUNK and args.iw_samples % evaluate.NLL_CHUNK):
+        raise ConfigError(
+            f"--iw-samples must be positive, and a multiple of {evaluate.NLL_CHUNK} above it; got {args.iw_samples}"
+        )
     runs = {}
     for row in parse_rows(args.rows, args.estimator):
         runs[row.run_name] = dataclasses.replace(

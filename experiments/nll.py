@@ -32,8 +32,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def variants(config: Config, args: argparse.Namespace) -> dict[str, Config]:
-    if args.iw_samples <= 0 or (args.iw_samples > 500 and args.iw_samples % 500):
-        raise ConfigError(f"--iw-samples must be positive, and a multiple of 500 above 500; got {args.iw_samples}")
+    if args.iw_samples <= 0 or (args.iw_samples > evaluate.NLL_CHUNK and args.iw_samples % evaluate.NLL_CHUNK):
+        raise ConfigError(
+            f"--iw-samples must be positive, and a multiple of {evaluate.NLL_CHUNK} above it; got {args.iw_samples}"
+        )
     return {
         name: dataclasses.replace(config, model="vae", widths=widths, latent_dim=dim, binarize="dynamic")
         for name, (widths, dim) in ARCHITECTURES.items()
