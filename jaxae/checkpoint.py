@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -39,6 +40,14 @@ def state_digest(state) -> str:
         digest.update(f"{array.dtype}{array.shape}".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+DIGESTS = ("digest", "params_digest", "meta_digest")
+
+
+def meta_digest(meta: dict) -> str:
+    """SHA-256 of a checkpoint's JSON metadata, keys sorted."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
 def _reason(error: BaseException) -> str:
@@ -80,6 +89,7 @@ class Checkpoints:
             CheckpointError: the save failed (a full disk, say); the earlier checkpoints stay.
         """
         meta = {**meta, "digest": state_digest(state), "params_digest": state_digest(state.params)}
+        meta["meta_digest"] = meta_digest(meta)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         try:
             self._manager.save(epoch, args=args, metrics={"test_loss": test_loss}, force=True)
@@ -117,8 +127,8 @@ class Checkpoints:
         epoch = self._existing(epoch)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore())
         state, meta = self._restore(epoch, args)
-        saved = meta.pop("digest", None)  # checkpoints written before digests were stored have none
-        meta.pop("params_digest", None)
+        meta, digests = self._checked(meta, epoch)
+        saved = digests.get("digest")  # checkpoints written before digests were stored have none
         if saved is not None and saved != state_digest(state):
             raise CheckpointError(
                 f"the checkpoint of epoch {epoch} in {self.directory} is corrupted (its arrays do not match its digest)"
@@ -142,8 +152,8 @@ class Checkpoints:
         )
         restored, meta = self._restore(epoch, args)
         params = restored["params"]
-        meta.pop("digest", None)
-        saved = meta.pop("params_digest", None)  # checkpoints written before it was stored have none
+        meta, digests = self._checked(meta, epoch)
+        saved = digests.get("params_digest")  # checkpoints written before it was stored have none
         if saved is not None and saved != state_digest(params):
             raise CheckpointError(
                 f"the checkpoint of epoch {epoch} in {self.directory} is corrupted (its parameters do not match "
@@ -159,9 +169,20 @@ class Checkpoints:
         """
         epoch = self._existing(epoch)
         _, meta = self._restore(epoch, ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        meta.pop("digest", None)
-        meta.pop("params_digest", None)
-        return meta
+        return self._checked(meta, epoch)[0]
+
+    def _checked(self, meta: dict, epoch: int) -> tuple[dict, dict]:
+        """``meta`` without its digests, and the digests; raises CheckpointError when the
+        metadata (the history, the keys) no longer matches the digest saved with it."""
+        digests = {name: meta.pop(name) for name in DIGESTS if name in meta}
+        if "meta_digest" in digests and digests["meta_digest"] != meta_digest(
+            {**meta, **{k: v for k, v in digests.items() if k != "meta_digest"}}
+        ):
+            raise CheckpointError(
+                f"the checkpoint of epoch {epoch} in {self.directory} is corrupted (its metadata does not match "
+                f"its digest)"
+            )
+        return meta, digests
 
     def _existing(self, epoch: int | None) -> int:
         epoch = self.latest_epoch() if epoch is None else epoch

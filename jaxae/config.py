@@ -96,12 +96,28 @@ class Config:
     def from_json(cls, fields: dict) -> Config:
         """The Config of a ``config.json``; fields it lacks (written before they existed)
         take their defaults, which are the values such a run used."""
+        if not isinstance(fields, dict):
+            raise ConfigError(f"a config is a JSON object of fields, not {type(fields).__name__}")
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(fields) - set(known))
         if unknown:
             raise ConfigError(f"unknown config fields {unknown}: the run was made by another version of jaxae")
+        for name, value in fields.items():
+            if not _has_json_type(value, str(known[name].type)):
+                raise ConfigError(f"`{name}` holds {value!r:.40}, not a {known[name].type}", field=name)
         tuples = {name for name, f in known.items() if "tuple" in str(f.type)}
         return cls(**{k: tuple(v) if k in tuples else v for k, v in fields.items()})
+
+
+def _has_json_type(value, annotation: str) -> bool:
+    """Whether a JSON value fits a Config field's annotation (``int``, ``str | None``, ``tuple[int, ...]``...)."""
+    if annotation.startswith("tuple["):
+        item = annotation.removeprefix("tuple[").split(",")[0]
+        return isinstance(value, (list, tuple)) and all(_has_json_type(v, item) for v in value)
+    if annotation.endswith(" | None") and value is None:
+        return True
+    kinds = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}[annotation.removesuffix(" | None")]
+    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
 
 
 # Fields that may change when a run is resumed: they do not change what was trained.
@@ -112,6 +128,7 @@ RESUMABLE_FIELDS = frozenset(
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BINARIZATIONS = ("none", "dynamic")
+SEED_LIMIT = 2**32  # jax.random.key(seed) keeps 32 bits: seed 2^32 would train seed 0's model
 TEST_BINARIZATION_KEY = 2015  # one binarized test set shared by every run, whatever its seed
 
 
@@ -134,6 +151,14 @@ def validate(config: Config) -> None:
     for name in ("adam_b1", "adam_b2", "sgd_momentum"):
         if not 0 <= getattr(config, name) < 1:
             raise ConfigError(f"`{name}` must be in [0, 1), got {getattr(config, name)}", field=name)
+    if not 0 <= config.seed <= SEED_LIMIT - config.seeds:
+        raise ConfigError(
+            f"`seed` must be in [0, 2^32 - `seeds`] (jax.random.key takes 32 bits), got {config.seed}", field="seed"
+        )
+    try:
+        data.normalize_name(config.dataset)
+    except data.DataError as error:
+        raise ConfigError(str(error).replace("unknown dataset", "unknown `dataset`"), field="dataset") from None
     _one_of(config, "model", models.MODELS)
     if not config.widths or min(config.widths) <= 0:
         raise ConfigError(f"`widths` must be one or more positive integers, got {config.widths}", field="widths")

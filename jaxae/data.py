@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -127,6 +128,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("JAXAE_DATA_DIR") or Path.home() / ".cache" / "jaxae")
 
 
+# A TFDS-style name: letters, digits and _, an optional /config and :version; never a path.
+DATASET_NAME = re.compile(r"[a-z0-9_]+(/[a-z0-9_]+)?(:[0-9.*]+)?")
+
+
+def normalize_name(name: str) -> str:
+    """``Fashion-MNIST`` -> ``fashion_mnist``; refuses names that are not dataset names
+    (empty, or with ``..``, a leading ``/`` or other path parts), which could reach files
+    outside the cache."""
+    normalized = name.strip().lower().replace("-", "_")
+    if not DATASET_NAME.fullmatch(normalized):
+        raise DataError(
+            f"unknown dataset {name!r}: a dataset name is letters, digits and _ with an optional /config, "
+            f"for example mnist, fashion_mnist or emnist/letters"
+        )
+    return normalized
+
+
 def load(
     name: str = "mnist",
     split: str = "train",
@@ -146,7 +164,7 @@ def load(
     Raises:
         DataError: unknown name, split or source, missing or corrupt files.
     """
-    name = name.strip().lower().replace("-", "_")
+    name = normalize_name(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     if source not in SOURCES:

@@ -35,7 +35,7 @@ from jaxae.config import (
     validate,
 )
 from jaxae.files import atomic_write_text
-from jaxae.workdir import SeedRun, check_workdir, prepare_workdir, seed_workdirs
+from jaxae.workdir import SeedRun, check_workdir, locked, prepare_workdir, seed_workdirs
 
 
 def train_and_evaluate(
@@ -75,16 +75,33 @@ def train_and_evaluate(
         CheckpointError, WriteError: a checkpoint or file could not be saved (a full disk)
             or, on resume, read; the checkpoints saved before stay.
     """
-    started = time.perf_counter()
     workdir = Path(workdir)
     validate(config)
     if fall_back and not resume:
         raise ConfigError("`fall_back` only applies when resuming: add `resume`", field="fall_back")
+    with locked(workdir):  # one process owns a workdir at a time
+        return _train_and_evaluate(
+            config, workdir, resume=resume, overwrite=overwrite, fall_back=fall_back, log=log, on_epoch=on_epoch
+        )
+
+
+def _train_and_evaluate(
+    config: Config,
+    workdir: Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    fall_back: bool,
+    log: Callable[[str], None],
+    on_epoch: Callable[[dict], None],
+) -> dict:
+    """:func:`train_and_evaluate` in a locked ``workdir``."""
+    started = time.perf_counter()
     check_workdir(workdir, config, resume=resume, overwrite=overwrite)  # before the data is loaded
     train_set, test_set = load_data(config)
     log(train_set.describe())
     log(test_set.describe())
-    _check_data(config, train_set.images)
+    _check_data(config, train_set.images, test_set.images)
     mesh = parallel.data_mesh()
     try:
         parallel.check_batch_size(config.batch_size, mesh, name="`batch_size`")
@@ -147,8 +164,17 @@ def train_and_evaluate(
     return summaries[0] if not stacked else _seeds_summary(config, workdir, summaries, started)
 
 
-def _check_data(config: Config, images: np.ndarray) -> None:
+def _check_data(config: Config, images: np.ndarray, test_images: np.ndarray) -> None:
     """Refuses data the config cannot train on, naming the field to change."""
+    for split, found in (("training", images), ("test", test_images)):
+        if len(found) == 0:
+            raise ConfigError(f"`dataset` {config.dataset} has no {split} images: give it some", field="dataset")
+    if images.shape[1:] != test_images.shape[1:]:
+        raise ConfigError(
+            f"`dataset` {config.dataset} has training images of shape {images.shape[1:]} but test images of "
+            f"{test_images.shape[1:]}: the splits come from different datasets",
+            field="dataset",
+        )
     if config.inputs == "grayscale" and images.shape[-1] != 3:
         raise ConfigError(
             f"`inputs` grayscale needs colour images and {config.dataset} has {images.shape[-1]} channel(s): "

@@ -14,12 +14,15 @@ folder per seed, ``seed_<s>/``. :func:`restore_run` reads any of them back.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import json
+import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import flax.linen as nn
@@ -31,14 +34,29 @@ from jaxae.config import RESUMABLE_FIELDS, Config, ConfigError, build_model, loa
 from jaxae.epoch_figures import RunFigures
 from jaxae.files import WriteError, atomic_write_text
 
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json")
+RUN_FOLDERS = ("checkpoints", "figures")
+LOCK_FILE = ".lock"
+
 
 def check_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: bool) -> None:
-    """Refuses to mix runs: a workdir holding another run needs ``resume`` or ``overwrite``."""
+    """Refuses to mix runs: a workdir holding another run needs ``resume`` or ``overwrite``;
+    ``overwrite`` deletes only a run jaxae wrote (one with a ``config.json``); a run's
+    files may not be links to elsewhere, nor a run live inside another's checkpoints."""
+    _check_place(workdir)
     saved_path = workdir / "config.json"
     if saved_path.exists() and not (resume or overwrite):
         raise ConfigError(f"{workdir} already holds a run: pass `resume` to continue it or `overwrite` to replace it")
+    if overwrite and not saved_path.is_file():
+        found = [name for name in RUN_FILES[1:] + RUN_FOLDERS if (workdir / name).exists()]
+        if found:
+            raise ConfigError(
+                f"{workdir} holds {', '.join(found)} but no config.json: it is not a jaxae run, and `overwrite` "
+                f"deletes only those; move its files away or choose another `workdir`",
+                field="workdir",
+            )
     if saved_path.exists() and resume:
-        saved = Config.from_json(json.loads(saved_path.read_text()))
+        saved = read_config(workdir)
         differ = [
             f"{name} ({getattr(saved, name)!r} -> {getattr(config, name)!r})"
             for name in config.to_json()
@@ -51,14 +69,32 @@ def check_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: boo
             )
 
 
+def _check_place(workdir: Path) -> None:
+    """Refuses a workdir inside another run's checkpoints, or whose run files are links."""
+    for folder in (workdir.resolve(), *workdir.resolve().parents):
+        if folder.name == "checkpoints" and (folder.parent / "config.json").is_file():
+            raise ConfigError(
+                f"{workdir} is inside the checkpoints of the run in {folder.parent}: choose another `workdir`",
+                field="workdir",
+            )
+    links = [name for name in RUN_FILES + RUN_FOLDERS if (workdir / name).is_symlink()]
+    if links:
+        raise ConfigError(
+            f"{', '.join(links)} in {workdir} is a link to elsewhere: a run keeps its own files; "
+            f"remove the link or choose another `workdir`",
+            field="workdir",
+        )
+
+
 def write_workdir(workdir: Path, config: Config, *, overwrite: bool) -> None:
     """Clears a previous run when ``overwrite``, then writes ``config.json``."""
-    if overwrite:
-        for name in ("checkpoints", "figures"):
-            shutil.rmtree(workdir / name, ignore_errors=True)
-        for name in ("config.json", "metrics.jsonl", "summary.json"):
-            (workdir / name).unlink(missing_ok=True)
     try:
+        if overwrite:
+            for name in RUN_FOLDERS:
+                if (workdir / name).exists():
+                    shutil.rmtree(workdir / name)
+            for name in RUN_FILES:
+                (workdir / name).unlink(missing_ok=True)
         workdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(workdir / "config.json", json.dumps(config.to_json(), indent=2))
     except OSError as error:
@@ -66,6 +102,68 @@ def write_workdir(workdir: Path, config: Config, *, overwrite: bool) -> None:
         raise ConfigError(
             f"cannot write to `workdir` {workdir} ({cause.strerror}): choose a writable folder", field="workdir"
         ) from None
+
+
+@contextlib.contextmanager
+def locked(workdir: Path) -> Iterator[None]:
+    """Holds an OS lock on ``workdir/.lock`` while a run owns ``workdir``: a second process
+    is refused with the owner's pid. The OS releases the lock when its process ends, even
+    by ``kill -9``, so no lock outlives its run; the file goes when the run ends. A workdir
+    this call created and nothing else used is removed again. Process 0 locks for every
+    process of a multi-host run."""
+    if not parallel.is_primary():
+        yield
+        return
+    created = not workdir.exists()
+    path = workdir / LOCK_FILE
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        descriptor = _lock(path)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write to `workdir` {workdir} ({error.strerror}): choose a writable folder", field="workdir"
+        ) from None
+    if descriptor is None:
+        owner = _read_owner(path)
+        raise ConfigError(
+            f"{workdir} is in use by process {owner}: wait for it to end (or stop it), or choose another `workdir`",
+            field="workdir",
+        )
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before unlocking: a newcomer then locks a new file
+        os.close(descriptor)
+        if created and not any(workdir.iterdir()):
+            workdir.rmdir()
+
+
+def _lock(path: Path) -> int | None:
+    """An open descriptor holding ``flock`` on ``path``, with this pid written in; None
+    when another process holds it. Retries when the file was replaced meanwhile."""
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            return None
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(descriptor).st_ino:  # the owner before us did not unlink it meanwhile
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, str(os.getpid()).encode(), 0)
+            return descriptor
+        os.close(descriptor)
+
+
+def _read_owner(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()[:32] or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def prepare_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: bool) -> None:
@@ -226,8 +324,9 @@ def read_config(workdir: Path) -> Config:
         ConfigError: ``workdir`` holds no run; when it holds runs in its folders (a
             study), the message names them.
     """
+    path = workdir / "config.json"
     try:
-        return Config.from_json(json.loads((workdir / "config.json").read_text()))
+        text = path.read_text()
     except FileNotFoundError:
         runs = sorted(p.parent.name for p in workdir.glob("*/config.json"))
         if runs:
@@ -236,6 +335,15 @@ def read_config(workdir: Path) -> Config:
                 f"for example {workdir / runs[0]}"
             ) from None
         raise ConfigError(f"{workdir} holds no run (no config.json): train one there first") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read {path} ({getattr(error, 'strerror', None) or error})") from None
+    try:
+        return Config.from_json(json.loads(text))
+    except (ValueError, TypeError, RecursionError) as error:  # ConfigError is a ValueError
+        reason = "nested too deeply" if isinstance(error, RecursionError) else f"{error}"
+        raise ConfigError(
+            f"{path} is not a readable jaxae config ({reason:.120}): restore it, or `overwrite` the run"
+        ) from None
 
 
 def restore_run(workdir: str | Path, epoch: int | None = None) -> RestoredRun:

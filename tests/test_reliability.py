@@ -198,7 +198,11 @@ BAD_VALUES = {
     "latent-dim": st.one_of(st.integers(-5, 0).map(str), st.just("two")),
     "learning-rate": st.sampled_from(["0", "-1e-3", "nan", "inf", "-inf", "fast"]),
     "model": st.text("abcxyz_", min_size=1, max_size=8).filter(lambda s: s not in models.MODELS),
-    "dataset": st.text("abcxyz", min_size=1, max_size=8).map(lambda s: f"no_such_{s}"),
+    "dataset": st.one_of(
+        st.text("abcxyz", min_size=1, max_size=8).map(lambda s: f"no_such_{s}"),
+        st.sampled_from(["../../x", "a/../b", "/tmp/mnist", "mnist/", " ", "mnist\\x"]),
+    ),
+    "seed": st.sampled_from(["-1", str(2**32), str(2**63), "1.5"]),
     "widths": st.lists(st.integers(-5, 0), min_size=1, max_size=3).map(lambda ws: " ".join(map(str, ws))),
     "seeds": st.integers(-5, 0).map(str),
     "keep-checkpoints": st.integers(-5, 0).map(str),

@@ -1,0 +1,176 @@
+"""A work directory has one owner and holds one run: links, locks, foreign folders,
+malformed files and hostile inputs are refused in one line, and nothing saved is lost."""
+
+import dataclasses
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxae import checkpoint, experiment, workdir
+from tests.test_reliability import cli_flags, run_cli
+
+
+def checkpoint_epochs(folder) -> list[int]:
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def test_overwrite_refuses_a_run_whose_checkpoints_link_elsewhere_and_keeps_them(tmp_path, slice_config):
+    elsewhere, run = tmp_path / "S" / "x", tmp_path / "r"
+    elsewhere.mkdir(parents=True)
+    run.mkdir()
+    (run / "checkpoints").symlink_to(elsewhere)
+    config = dataclasses.replace(slice_config, epochs=1)
+    assert run_cli(cli_flags(config, run))[0] == 2  # a fresh run there is refused too
+    (run / "checkpoints").unlink()
+    experiment.train_and_evaluate(config, run)
+    (run / "checkpoints").rename(elsewhere / "c")
+    (run / "checkpoints").symlink_to(elsewhere / "c")
+    for flag in ("--overwrite", "--resume"):
+        code, stderr = run_cli([*cli_flags(dataclasses.replace(config, seed=1), run), flag])
+        assert code == 2 and stderr.count("\n") == 1, stderr
+        assert stderr.startswith(f"error: checkpoints in {run} is a link to elsewhere")
+    assert checkpoint_epochs(elsewhere / "c") == [1]  # the linked run is untouched
+
+
+def test_overwrite_deletes_only_a_run_jaxae_wrote(tmp_path, slice_config):
+    folder = tmp_path / "mine"
+    for name in ("checkpoints", "figures"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "precious.txt").write_text("keep me")
+    (folder / "summary.json").write_text("{}")
+    code, stderr = run_cli([*cli_flags(slice_config, folder), "--overwrite"])
+    assert code == 2 and stderr.count("\n") == 1
+    assert "holds summary.json, checkpoints, figures but no config.json: it is not a jaxae run" in stderr
+    assert (folder / "checkpoints" / "precious.txt").read_text() == "keep me"
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoints", "figures", "summary.json"]
+
+
+def test_a_workdir_inside_another_runs_checkpoints_is_refused(tmp_path, slice_config):
+    config = dataclasses.replace(slice_config, epochs=1)
+    experiment.train_and_evaluate(config, tmp_path / "run")
+    code, stderr = run_cli(cli_flags(config, tmp_path / "run" / "checkpoints" / "nested"))
+    assert code == 2 and "is inside the checkpoints of the run in" in stderr
+    assert checkpoint_epochs(tmp_path / "run" / "checkpoints") == [1]
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from jaxae import workdir
+with workdir.locked(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_one_process_owns_a_workdir_and_a_killed_owner_leaves_no_lock(tmp_path, slice_config):
+    run = tmp_path / "run"
+    config = dataclasses.replace(slice_config, epochs=1)
+    experiment.train_and_evaluate(config, run)
+    owner = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "locked"
+        for flag in ("--overwrite", "--resume"):
+            code, stderr = run_cli([*cli_flags(config, run), flag])
+            assert code == 2 and stderr.count("\n") == 1
+            assert stderr.startswith(f"error: {run} is in use by process {owner.pid}: wait for it to end")
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=30)
+    finally:
+        owner.kill()
+    assert checkpoint_epochs(run / "checkpoints") == [1]  # the refused processes touched nothing
+    code, stderr = run_cli([*cli_flags(config, run), "--overwrite"])  # the dead owner's lock is gone
+    assert code == 0, stderr
+
+
+def test_a_lock_taken_on_a_new_workdir_leaves_nothing_when_the_run_is_refused(tmp_path, slice_config):
+    code, _ = run_cli(cli_flags(dataclasses.replace(slice_config, batch_size=10**6), tmp_path / "new"))
+    assert code == 2 and not (tmp_path / "new").exists()
+
+
+MALFORMED_CONFIGS = {
+    "truncated": '{"model": "vae", "epo',
+    "null": "null",
+    "a list": "[1, 2]",
+    "a wrong type": json.dumps({"epochs": "three"}),
+    "a wrong tuple": json.dumps({"widths": [64, "x"]}),
+    "deeply nested": "[" * 100_000 + "]" * 100_000,
+    "a huge number": '{"epochs": ' + "9" * 5000 + "}",
+    "not UTF-8": b"\xff\xfe{}",
+    "a folder": None,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED_CONFIGS))
+def test_a_malformed_config_json_on_resume_is_one_line_naming_the_file(kind, tmp_path, slice_config):
+    run = tmp_path / "run"
+    run.mkdir()
+    content = MALFORMED_CONFIGS[kind]
+    path = run / "config.json"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    code, stderr = run_cli([*cli_flags(slice_config, run), "--resume"])
+    assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert str(path) in stderr
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]  # nothing written
+
+
+def test_tampered_checkpoint_history_is_refused(tmp_path, slice_config):
+    run = tmp_path / "run"
+    experiment.train_and_evaluate(dataclasses.replace(slice_config, epochs=1), run)
+    meta_file = run / "checkpoints" / "1" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["history"][0]["test_loss"] -= 10  # a better-looking run
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(checkpoint.CheckpointError, match="its metadata does not match its digest"):
+        checkpoint.Checkpoints(run / "checkpoints").metadata(1)
+
+
+def write_idx(folder, train_images, test_images):
+    from jaxae import data
+    from tests.conftest import _idx_bytes
+
+    folder.mkdir(exist_ok=True)
+    for split, images in (("train", train_images), ("test", test_images)):
+        images_stem, labels_stem = data.IDX_STEMS[split]
+        (folder / images_stem).write_bytes(_idx_bytes(images))
+        (folder / labels_stem).write_bytes(_idx_bytes(np.zeros(len(images), np.uint8)))
+
+
+@pytest.mark.parametrize(
+    ("test_images", "message"),
+    [
+        (np.zeros((0, 28, 28), np.uint8), "has no test images"),
+        (np.zeros((16, 20, 20), np.uint8), "training images of shape (28, 28, 1) but test images of (20, 20, 1)"),
+    ],
+)
+def test_empty_or_mismatched_splits_are_refused_before_anything_is_written(
+    test_images, message, tmp_path, slice_config
+):
+    write_idx(tmp_path / "idx", np.zeros((64, 28, 28), np.uint8), test_images)
+    config = dataclasses.replace(slice_config, dataset="synth", data_dir=str(tmp_path / "idx"))
+    code, stderr = run_cli(cli_flags(config, tmp_path / "run"))
+    assert code == 2 and message in stderr and stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_on_a_read_only_filesystem_is_one_line(tmp_path, slice_config, monkeypatch):
+    run = tmp_path / "run"
+    experiment.train_and_evaluate(dataclasses.replace(slice_config, epochs=1), run)
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(workdir.shutil, "rmtree", read_only)
+    code, stderr = run_cli([*cli_flags(slice_config, run), "--overwrite"])
+    assert code == 2 and stderr.count("\n") == 1
+    assert stderr.startswith(f"error: cannot write to --workdir {run} (Read-only file system)")
+    assert checkpoint_epochs(run / "checkpoints") == [1]
