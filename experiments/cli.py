@@ -13,11 +13,14 @@ import dataclasses
 import json
 import os
 import re
+import shlex
+import signal
 import statistics
 import sys
+import threading
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -265,3 +268,68 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class Interrupted(Exception):
+    """The run was stopped by SIGINT (Ctrl-C) or SIGTERM (Colab, Slurm, preemption).
+
+    Attributes:
+        signum: the signal; the process exits with ``128 + signum``.
+        epoch: the last epoch saved when the run stopped after finishing it, or None when
+            a second signal abandoned the epoch in progress.
+    """
+
+    def __init__(self, signum: int, epoch: int | None = None):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.epoch = signum, epoch
+
+
+class Stopping:
+    """The signals a run has received: the first asks it to stop after the epoch in
+    progress is saved; a second stops it at once. ``check(record)`` raises Interrupted at
+    an epoch's end once a stop was asked for."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log, self.signum = log, None
+
+    def handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
+        self.log(
+            f"{signal.Signals(signum).name}: stopping once the epoch in progress is saved "
+            f"(Ctrl-C again stops at once, losing that epoch)"
+        )
+
+    def check(self, record: dict) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum, record["epoch"])
+
+
+@contextlib.contextmanager
+def stop_on_signals(log: Callable[[str], None]) -> Iterator[Stopping]:
+    """Handles SIGINT and SIGTERM as :class:`Stopping` says while the block runs (in the
+    main thread; elsewhere signals keep their handlers)."""
+    stopping = Stopping(log)
+    if threading.current_thread() is not threading.main_thread():
+        yield stopping
+        return
+    previous = {signum: signal.signal(signum, stopping.handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stopping
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def report_interrupted(interrupted: Interrupted, argv: list[str]) -> int:
+    """One line: what was kept and the command that continues; returns ``128 + signum``."""
+    kept = (
+        f"stopped after saving epoch {interrupted.epoch}"
+        if interrupted.epoch is not None
+        else "stopped at once: the epoch in progress is lost, every saved checkpoint is kept"
+    )
+    command = [arg for arg in argv if arg != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
+    prog = _prog() or f"python {Path(sys.argv[0]).name}"
+    print(f"{interrupted}: {kept}; continue with: {prog} {shlex.join(command)}", file=sys.stderr, flush=True)
+    return 128 + interrupted.signum

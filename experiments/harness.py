@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from experiments.cli import (
     BAD_INPUT,
     FAULTS,
     LAUNCH_FLAGS,
+    Interrupted,
     Progress,
     build_parser,
     compilation_cache,
@@ -22,6 +24,8 @@ from experiments.cli import (
     join_processes,
     parse_run,
     report,
+    report_interrupted,
+    stop_on_signals,
     with_saved_epochs,
 )
 from jaxae import parallel
@@ -47,10 +51,18 @@ class Use:
 
 def main(defaults: Config, description: str, argv: list[str] | None = None, use: Use | None = None) -> int:
     """Parses flags over ``defaults``, runs the experiment, prints its summary; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
     args, config = parse_run(defaults, description, argv, use and use.name)
     workdir = args["workdir"]
-    with compilation_cache(args["compilation_cache"]):
-        return _run(config, workdir, args, use)
+    with compilation_cache(args["compilation_cache"]), stop_on_signals(_say) as stopping:
+        try:
+            return _run(config, workdir, {**args, "stopping": stopping}, use)
+        except Interrupted as interrupted:
+            return report_interrupted(interrupted, argv)
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
 
 
 def _run(config: Config, workdir: str, args: dict, use: Use | None) -> int:
@@ -91,10 +103,16 @@ def _run(config: Config, workdir: str, args: dict, use: Use | None) -> int:
 
 def _train(config: Config, workdir: str | Path, flags: dict, *, speaks: bool) -> dict:
     """``train_and_evaluate`` with progress and log lines, printed by the process that speaks;
-    ``flags`` holds the parsed --resume, --overwrite, --fall-back and --epochs."""
-    log = (lambda m: print(m, flush=True)) if speaks else (lambda m: None)
+    ``flags`` holds the parsed --resume, --overwrite, --fall-back and --epochs, and the
+    :class:`Stopping` that ends the run after an epoch when a signal asks."""
+    log = _say if speaks else (lambda m: None)
     config = with_saved_epochs(config, Path(workdir), flags, log)
-    progress = Progress(config.epochs)
+    progress = Progress(config.epochs) if speaks else (lambda record: None)
+
+    def on_epoch(record: dict) -> None:
+        progress(record)
+        flags["stopping"].check(record)
+
     try:
         return train_and_evaluate(
             config,
@@ -103,10 +121,11 @@ def _train(config: Config, workdir: str | Path, flags: dict, *, speaks: bool) ->
             overwrite=flags["overwrite"],
             fall_back=flags["fall_back"],
             log=log,
-            on_epoch=progress if speaks else lambda record: None,
+            on_epoch=on_epoch,
         )
     finally:
-        progress.close()
+        if speaks:
+            progress.close()
 
 
 def _measure_use(use: Use, workdir: Path, summary: dict) -> dict:
@@ -145,9 +164,14 @@ def parse_study(
 
 def main_study(defaults: Config, description: str, study: Study, argv: list[str] | None = None) -> int:
     """Trains every variant (resumable, like one run each), then measures them together."""
+    argv = sys.argv[1:] if argv is None else argv
     args, config = parse_study(defaults, description, study, argv)
-    with compilation_cache(args.compilation_cache):
-        return _run_study(config, args, study)
+    with compilation_cache(args.compilation_cache), stop_on_signals(_say) as stopping:
+        args.stopping = stopping
+        try:
+            return _run_study(config, args, study)
+        except Interrupted as interrupted:
+            return report_interrupted(interrupted, argv)
 
 
 def _run_study(config: Config, args: argparse.Namespace, study: Study) -> int:

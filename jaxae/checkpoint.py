@@ -78,6 +78,7 @@ class Checkpoints:
             best_mode="min",
             enable_async_checkpointing=False,
             create=True,
+            cleanup_tmp_directories=True,  # a save cut short by kill -9 leaves a temporary folder
         )
         self.directory = Path(directory).absolute()
         self._manager = ocp.CheckpointManager(self.directory, options=options)

@@ -33,6 +33,10 @@ class RunFigures:
         self._reconstruct = jax.jit(lambda params, x: jax.nn.sigmoid(model.apply(params, x).logits))
         self._decode = jax.jit(lambda params, z: jax.nn.sigmoid(model.apply(params, z, method=model.decode)))
 
+    def epoch_files(self, epoch: int) -> tuple[Path, Path]:
+        """The files :meth:`epoch` writes: the reconstructions and the loss curves."""
+        return self.folder / f"reconstructions_epoch_{epoch:02d}.png", self.folder / "loss.png"
+
     def epoch(self, params, epoch: int, history: list[dict]) -> None:
         """``reconstructions_epoch_XX.png`` (originals on top, test reconstructions below) and ``loss.png``.
 
@@ -51,12 +55,12 @@ class RunFigures:
         name = f"{self.config.model} on {self.config.dataset}, epoch {epoch}"
         plots.image_rows(
             [(label, np.asarray(x)) for label, x in groups],
-            self.folder / f"reconstructions_epoch_{epoch:02d}.png",
+            self.epoch_files(epoch)[0],
             title=name,
         )
         objective = objective_name(self.config)
         unit = LOSS_UNITS.get(objective, f"{objective} loss")
-        plots.loss_curves(history, self.folder / "loss.png", ylabel=unit, title=f"{self.config.model} loss")
+        plots.loss_curves(history, self.epoch_files(epoch)[1], ylabel=unit, title=f"{self.config.model} loss")
 
     def samples(self, params) -> None:
         """``samples.png``: 64 decodings of a fixed draw from the prior N(0, I)."""

@@ -43,3 +43,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Writes ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Deletes the temporary files that :func:`atomic_write` left in ``folder`` when its
+    process was killed mid-write; returns them. Call it only while owning ``folder``."""
+    stale = [path for path in folder.glob(".*.tmp") if path.is_file()] if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

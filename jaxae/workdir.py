@@ -32,7 +32,7 @@ from jaxae import data, models, parallel, train
 from jaxae.checkpoint import CheckpointError, Checkpoints
 from jaxae.config import RESUMABLE_FIELDS, Config, ConfigError, build_model, load_split
 from jaxae.epoch_figures import RunFigures
-from jaxae.files import WriteError, atomic_write_text
+from jaxae.files import WriteError, atomic_write_text, remove_temporaries
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json")
 RUN_FOLDERS = ("checkpoints", "figures")
@@ -208,6 +208,9 @@ class SeedRun:
     def start(self, *, resume: bool, overwrite: bool, fall_back: bool, log: Callable[[str], None]) -> train.TrainState:
         """Prepares the folder; returns the fresh state, or the latest checkpoint's on resume."""
         prepare_workdir(self.workdir, self.config, resume=resume, overwrite=overwrite)
+        if parallel.is_primary():
+            for folder in (self.workdir, self.workdir / "figures"):
+                remove_temporaries(folder)
         state = train.create_state(
             self.model, self.tx, self.image_shape, key=self.init_key, output_bias=self.output_bias
         )
@@ -217,6 +220,7 @@ class SeedRun:
             state, meta = self._restore_newest(state, fall_back=fall_back, log=log)
             self.history = meta["history"]
             log(f"resumed {self.workdir} from epoch {meta['epoch']}")
+            self._draw_missing_figures(state, meta["epoch"])
         elif resume:
             log(f"no checkpoint in {self.workdir}: starting from epoch 0")
         if parallel.is_primary():
@@ -255,6 +259,14 @@ class SeedRun:
         write_history(self.workdir / "metrics.jsonl", self.history)
         if record["epoch"] in self.config.plot_epochs or record["epoch"] == self.config.epochs:
             self.figures.epoch(jax.device_get(state.params), record["epoch"], self.history)
+
+    def _draw_missing_figures(self, state: train.TrainState, epoch: int) -> None:
+        """Draws the restored epoch's figures when a run was killed after saving it but
+        before drawing them."""
+        if not parallel.is_primary() or not (epoch in self.config.plot_epochs or epoch == self.config.epochs):
+            return
+        if not all(path.exists() for path in self.figures.epoch_files(epoch)):
+            self.figures.epoch(jax.device_get(state.params), epoch, self.history)
 
     def finish(self, state: train.TrainState, started: float) -> dict:
         """Final figures and ``summary.json``."""

@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -298,3 +299,63 @@ def test_the_compilation_cache_defaults_to_jax_setting_then_jaxae_cache_folder(t
     assert cli.default_compilation_cache() == str(tmp_path / "jax")
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
     assert cli.default_compilation_cache() == str(tmp_path / "data" / "xla")
+
+
+# --------------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_after_the_epoch_is_saved_and_names_the_resume_command(tmp_path, slice_config, signum, code):
+    workdir = tmp_path / "run"
+    config = dataclasses.replace(slice_config, epochs=400)
+    command = [sys.executable, "-m", "experiments.vae", *cli_flags(config, workdir)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (workdir / "checkpoints" / "1").exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+            time.sleep(0.005)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == code
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    name = signal.Signals(signum).name
+    assert lines[0].startswith(f"{name}: stopped after saving epoch ")
+    epoch = int(lines[0].split("saving epoch ")[1].split(";")[0])
+    assert f"{name}: stopping once the epoch in progress is saved" in out
+    assert [r["epoch"] for r in read_metrics(workdir)] == list(range(1, epoch + 1))
+    resume = shlex.split(lines[0].split("continue with: ")[1])
+    assert resume[:3] == ["python", "-m", "experiments.vae"] and resume[-1] == "--resume"
+    resume[resume.index("--epochs") + 1] = str(epoch + 1)
+    resumed = subprocess.run([sys.executable, *resume[1:]], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and f"from epoch {epoch}" in resumed.stdout, resumed.stderr
+
+
+def test_a_second_signal_stops_at_once_and_says_the_epoch_in_progress_is_lost(capsys):
+    stopping = cli.Stopping(log=print)
+    stopping.handle(signal.SIGINT, None)
+    with pytest.raises(cli.Interrupted) as raised:
+        stopping.handle(signal.SIGINT, None)
+    assert raised.value.epoch is None
+    assert cli.report_interrupted(raised.value, ["--workdir", "r", "--overwrite"]) == 130
+    line = capsys.readouterr().err.strip()
+    assert "stopped at once: the epoch in progress is lost, every saved checkpoint is kept" in line
+    assert line.endswith("--workdir r --resume")  # --overwrite would delete what was kept
+
+
+def test_resume_after_a_kill_between_checkpoint_and_figures_redraws_them_and_clears_temporaries(tmp_path, slice_config):
+    workdir = tmp_path / "run"
+    config = dataclasses.replace(slice_config, epochs=2, plot_epochs=(2,))
+    experiment.train_and_evaluate(config, workdir)
+    figures = workdir / "figures"
+    drawn = {path.name for path in figures.iterdir()}
+    for name in ("reconstructions_epoch_02.png", "loss.png"):
+        (figures / name).unlink()  # the state a kill -9 leaves after epoch 2's checkpoint
+    (workdir / ".summary.json.k1ll3d.tmp").write_text('{"half": ')
+    (figures / ".loss.png.k1ll3d.tmp").write_bytes(b"\x89PNG")
+    experiment.train_and_evaluate(config, workdir, resume=True)
+    assert {path.name for path in figures.iterdir()} == drawn
+    assert not list(workdir.glob(".*.tmp")) and not list(figures.glob(".*.tmp"))
