@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import shlex
@@ -333,3 +334,16 @@ def report_interrupted(interrupted: Interrupted, argv: list[str]) -> int:
     prog = _prog() or f"python {Path(sys.argv[0]).name}"
     print(f"{interrupted}: {kept}; continue with: {prog} {shlex.join(command)}", file=sys.stderr, flush=True)
     return 128 + interrupted.signum
+
+
+def show_library_warnings() -> None:
+    """jaxae's own warnings (an unusable data cache, say) as ``warning: ...`` lines on
+    stderr, like the command line's."""
+    logger = logging.getLogger("jaxae")
+    if not any(getattr(handler, "jaxae_cli", False) for handler in logger.handlers):
+        handler = logging.StreamHandler()  # stderr as it is at each message
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        handler.jaxae_cli = True
+        logger.addHandler(handler)
+        logger.propagate = False

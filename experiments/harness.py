@@ -25,6 +25,7 @@ from experiments.cli import (
     parse_run,
     report,
     report_interrupted,
+    show_library_warnings,
     stop_on_signals,
     with_saved_epochs,
 )
@@ -52,6 +53,7 @@ class Use:
 def main(defaults: Config, description: str, argv: list[str] | None = None, use: Use | None = None) -> int:
     """Parses flags over ``defaults``, runs the experiment, prints its summary; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    show_library_warnings()
     args, config = parse_run(defaults, description, argv, use and use.name)
     workdir = args["workdir"]
     with compilation_cache(args["compilation_cache"]), stop_on_signals(_say) as stopping:
@@ -165,6 +167,7 @@ def parse_study(
 def main_study(defaults: Config, description: str, study: Study, argv: list[str] | None = None) -> int:
     """Trains every variant (resumable, like one run each), then measures them together."""
     argv = sys.argv[1:] if argv is None else argv
+    show_library_warnings()
     args, config = parse_study(defaults, description, study, argv)
     with compilation_cache(args.compilation_cache), stop_on_signals(_say) as stopping:
         args.stopping = stopping

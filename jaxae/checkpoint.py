@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import shutil
+import sys
+import threading
 from pathlib import Path
 
 import jax
@@ -43,6 +46,24 @@ def state_digest(state) -> str:
 
 
 DIGESTS = ("digest", "params_digest", "meta_digest")
+
+# Orbax reports a failed write from each of its writer threads, with tracebacks: hundreds
+# of lines for one full disk. While a run's checkpoints are open they go to this file
+# beside them, and the run's own error stays one line.
+LOG_FILE = "orbax.log"
+ORBAX_LOGGERS = ("absl", "asyncio", "concurrent.futures")
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """A log file created at its first record, whose own write errors (the disk is full)
+    are dropped instead of printed."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, delay=True)
+        self.setLevel(logging.WARNING)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
 
 
 def meta_digest(meta: dict) -> str:
@@ -81,6 +102,10 @@ class Checkpoints:
             cleanup_tmp_directories=True,  # a save cut short by kill -9 leaves a temporary folder
         )
         self.directory = Path(directory).absolute()
+        self._log, self._failed = _QuietFileHandler(self.directory.parent / LOG_FILE), False
+        for name in ORBAX_LOGGERS:
+            logging.getLogger(name).addHandler(self._log)
+            logging.getLogger(name).propagate = False
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, epoch: int, state: TrainState, meta: dict, test_loss: float) -> None:
@@ -98,6 +123,8 @@ class Checkpoints:
             return
         except Exception as error:
             failure = error
+        self._failed = True
+        self._route_thread_errors()
         with contextlib.suppress(Exception):  # Orbax's other writer threads may still be failing
             self._manager.wait_until_finished()
         self._manager.reload()  # forget the step that was not written
@@ -107,6 +134,21 @@ class Checkpoints:
             + ("no earlier checkpoint" if kept is None else f"the checkpoint of epoch {kept} is intact")
             + ": free disk space, then `resume`"
         ) from failure
+
+    def _route_thread_errors(self) -> None:
+        """Sends the errors of threads that die after a failed save (Orbax's writers and
+        their event loops) to the log file for the rest of the process."""
+        log = logging.getLogger("jaxae.checkpoint.threads")
+        log.addHandler(self._log)
+        log.propagate = False
+        threading.excepthook = lambda args: log.error(
+            "thread %s died", args.thread, exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
+        )
+        sys.unraisablehook = lambda unraisable: log.error(
+            "%s",
+            unraisable.err_msg or "unraisable exception",
+            exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
+        )
 
     def epochs(self) -> list[int]:
         """Epochs with a saved checkpoint, ascending."""
@@ -218,7 +260,18 @@ class Checkpoints:
         return target
 
     def close(self) -> None:
-        self._manager.close()
+        """Waits for Orbax's writers, then stops routing its logs to the log file; after a
+        failed save they keep going there, as Orbax's failed writers report until the end."""
+        try:
+            self._manager.close()
+        finally:
+            for name in ORBAX_LOGGERS if not self._failed else ():
+                logger = logging.getLogger(name)
+                logger.removeHandler(self._log)
+                logger.propagate = not any(isinstance(h, _QuietFileHandler) for h in logger.handlers)
+            if not self._failed:
+                with contextlib.suppress(OSError):  # flushing the log on a full disk
+                    self._log.close()
 
     def __enter__(self) -> Checkpoints:
         return self

