@@ -1,9 +1,10 @@
-"""The README's results table, rebuilt from the runs committed in experiments/results/.
+"""The README's results table and IWAE table, rebuilt from the runs committed in
+experiments/results/.
 
-python -m experiments.results           # rewrite the table in README.md
+python -m experiments.results           # rewrite both tables in README.md
 python -m experiments.results --check   # exit 1 when README.md does not match the committed runs
 
-Each row names the command that made it. The config column is what that command's flags
+Each row of the results table names the command that made it. The config column is what that command's flags
 give (the same parser the command uses), the figures come from the run's summary.json,
 and the budget from its config and its measured seconds.
 """
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments import compare
+from experiments import compare, iwae
 from experiments.cli import Parser, parse_run
 from experiments.harness import parse_study
 from jaxae import models
@@ -31,6 +32,8 @@ RESULTS = ROOT / "experiments" / "results"
 README = ROOT / "README.md"
 BEGIN = "<!-- results table: python -m experiments.results -->"
 END = "<!-- end of results table -->"
+IWAE_BEGIN = "<!-- IWAE table: python -m experiments.results -->"
+IWAE_END = "<!-- end of IWAE table -->"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,13 +158,23 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def readme_with(text: str, table_text: str) -> str:
-    """``text`` with the part between the BEGIN and END markers replaced by ``table_text``."""
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"README.md lacks the markers {BEGIN!r} and {END!r}")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{table_text}\n{END}{tail}"
+def iwae_table() -> str:
+    """Burda et al.'s table as ``experiments.iwae`` printed it for the committed runs."""
+    return iwae.markdown(json.loads((RESULTS / "iwae" / "summary.json").read_text())["iwae"])
+
+
+def readme_with(text: str, table_text: str, begin: str = BEGIN, end: str = END) -> str:
+    """``text`` with the part between the ``begin`` and ``end`` markers replaced by ``table_text``."""
+    if begin not in text or end not in text:
+        raise ValueError(f"README.md lacks the markers {begin!r} and {end!r}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{table_text}\n{end}{tail}"
+
+
+def updated_readme(text: str) -> str:
+    """``text`` with both generated tables rebuilt."""
+    return readme_with(readme_with(text, table()), iwae_table(), IWAE_BEGIN, IWAE_END)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,15 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     current = README.read_text()
-    updated = readme_with(current, table())
+    updated = updated_readme(current)
     if args.check:
         if updated != current:
-            print("error: README.md's results table is out of date: run python -m experiments.results", file=sys.stderr)
+            print("error: README.md's tables are out of date: run python -m experiments.results", file=sys.stderr)
             return 1
-        print("README.md's results table matches experiments/results/")
+        print("README.md's tables match experiments/results/")
         return 0
     atomic_write_text(README, updated)
-    print(f"wrote the results table ({len(ROWS)} rows) into {README}")
+    print(f"wrote the results table ({len(ROWS)} rows) and the IWAE table into {README}")
     return 0
 
 

@@ -43,7 +43,7 @@ def test_library_examples_run_in_order(capsys, tmp_path, monkeypatch):
 def test_results_table_is_the_one_the_committed_runs_give():
     from experiments import results
 
-    assert results.readme_with(README, results.table()) == README, "run python -m experiments.results"
+    assert results.updated_readme(README) == README, "run python -m experiments.results"
 
 
 def test_results_rows_cite_the_configs_their_runs_used():
