@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.cli import Parser, compilation_cache
-from jaxae import data, models, parallel, train
+from jaxae import data, evaluate, models, parallel, train
 from jaxae.config import DTYPES, Config, build_model, build_objective, build_optimizer
 from jaxae.files import atomic_write_text
 
@@ -209,6 +209,26 @@ def benchmark(
     }
 
 
+def nll_benchmark(images: np.ndarray, samples: int, chunk: int) -> dict:
+    """Times the importance-weighted NLL (:func:`jaxae.evaluate.dataset_nll`) of Burda et
+    al.'s 1-layer model over ``images`` with ``samples`` draws each, ``chunk`` draws per
+    step, against its floor: the decoder's matmul FLOPs (784-200-200-50 reversed) at the
+    machine's matmul rate, measured by the caller."""
+    model = models.HierarchicalVAE()
+    params = train.init_params(model, images.shape[1:], jax.random.key(0))
+    x = np.asarray(images, np.float32) / 255
+
+    def run() -> float:
+        start = time.perf_counter()
+        jax.block_until_ready(evaluate.dataset_nll(model, params, x, jax.random.key(1), samples=samples, chunk=chunk))
+        return time.perf_counter() - start
+
+    run()  # compile
+    widths = (model.latent_dim, *reversed(model.widths), math.prod(images.shape[1:]))
+    decoder_flops = 2 * sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True)) * samples * len(images)
+    return {"images": len(images), "samples": samples, "chunk": chunk, "seconds": run(), "flops": decoder_flops}
+
+
 def print_top_ops(rows: list[dict]) -> None:
     for row in rows:
         print(
@@ -232,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matmul-size", type=int, default=4096)
     parser.add_argument("--quick", action="store_true", help="2048 images, small matmul: a smoke run")
     parser.add_argument("--profile", action="store_true", help="list each row's longest XLA ops (one more epoch)")
+    parser.add_argument(
+        "--nll-images", type=int, default=1000, help="test images of the k = 5000 NLL row (0: no such row)"
+    )
+    parser.add_argument(
+        "--nll-chunks", type=int, nargs="+", default=[evaluate.NLL_CHUNK], help="draws per step to time the NLL with"
+    )
     parser.add_argument("--output", default="runs/benchmark.json")
     args = parser.parse_args(argv)
     if args.profile:  # XLA:CPU traces its ops only when asked, before the backend starts
@@ -264,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             f"  {model_name}, batch {batch_size}, {seeds} seed(s): {rows[-1]['epoch_seconds']:.3f} s per epoch",
             flush=True,
         )
+    samples = 500 if args.quick else 5000
+    test_images = data.load("mnist", "test").images[: args.nll_images]
+    nll_rows = [nll_benchmark(test_images, samples, chunk) for chunk in args.nll_chunks] if args.nll_images else []
     matmul_after = matmul_gflops(args.dtype, args.matmul_size)
     matmul = max(matmul_before, matmul_after)
     print(f"matmul again {matmul_after:.1f} GFLOP/s; the rows use the better, {matmul:.1f}")
@@ -286,6 +315,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.seeds} separate runs: {args.seeds * single['epoch_seconds']:.2f} s "
             f"({args.seeds * single['epoch_seconds'] / together['epoch_seconds']:.2f}x)"
         )
+    for row in nll_rows:
+        row["floor_seconds"] = row["flops"] / matmul / 1e9
+        print(
+            f"IW-NLL, k = {row['samples']}, {row['images']} images, {row['chunk']} draws per step: "
+            f"{row['seconds']:.2f} s, {row['seconds'] / row['floor_seconds']:.2f}x its floor "
+            f"({row['floor_seconds']:.2f} s: the decoder's {row['flops'] / 1e9:.0f} GFLOP at the matmul rate)",
+            flush=True,
+        )
     if args.profile:
         print_top_ops(rows)
     result = {
@@ -299,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         "matmul_gflops_per_second_before_and_after": [matmul_before, matmul_after],
         "images_per_epoch": len(images),
         "rows": rows,
+        "nll_rows": nll_rows,
     }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -128,15 +128,22 @@ def importance_weighted_nll(
 
 
 def dataset_nll(
-    model: nn.Module, params, images: np.ndarray, key: jax.Array, *, samples: int, batch_size: int = 100
+    model: nn.Module,
+    params,
+    images: np.ndarray,
+    key: jax.Array,
+    *,
+    samples: int,
+    batch_size: int = 100,
+    chunk: int = NLL_CHUNK,
 ) -> np.ndarray:
     """:func:`importance_weighted_nll` of every image ``(N,)``; batch ``b`` draws with ``fold_in(key, b)``."""
-    return _batched_with_keys(_dataset_nll(model, samples), params, images, key, batch_size)
+    return _batched_with_keys(_dataset_nll(model, samples, chunk), params, images, key, batch_size)
 
 
 @functools.cache
-def _dataset_nll(model: nn.Module, samples: int) -> Callable:
-    return jax.jit(lambda params, x, key: importance_weighted_nll(model, params, x, key, samples=samples))
+def _dataset_nll(model: nn.Module, samples: int, chunk: int) -> Callable:
+    return jax.jit(lambda params, x, key: importance_weighted_nll(model, params, x, key, samples=samples, chunk=chunk))
 
 
 def active_units(model: nn.Module, params, x: np.ndarray, key: jax.Array, *, threshold: float = 0.01) -> list[int]:

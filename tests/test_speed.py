@@ -49,6 +49,11 @@ def test_benchmark_command_writes_its_table(tmp_path, capsys):
         "2",
         "--epochs",
         "1",
+        "--nll-images",
+        "20",
+        "--nll-chunks",
+        "50",
+        "100",
         "--output",
         str(output),
     ]
@@ -61,14 +66,20 @@ def test_benchmark_command_writes_its_table(tmp_path, capsys):
     assert together["flops_per_epoch"] == pytest.approx(2 * single["flops_per_epoch"], rel=0.01)
     for row in result["rows"]:
         assert row["fraction_of_matmul"] == pytest.approx(row["gflops_per_second"] / result["matmul_gflops_per_second"])
-    assert "2 VAEs vmapped" in capsys.readouterr().out
+    assert [(r["images"], r["samples"], r["chunk"]) for r in result["nll_rows"]] == [(20, 500, 50), (20, 500, 100)]
+    decoder_flops = 2 * (50 * 200 + 200 * 200 + 200 * 784) * 500 * 20
+    for row in result["nll_rows"]:
+        assert row["flops"] == decoder_flops and row["seconds"] > 0
+        assert row["floor_seconds"] == pytest.approx(decoder_flops / result["matmul_gflops_per_second"] / 1e9)
+    out = capsys.readouterr().out
+    assert "2 VAEs vmapped" in out and "IW-NLL, k = 500, 20 images, 100 draws per step" in out
 
 
 @pytest.mark.slow
 def test_profile_names_the_matrix_products_among_the_longest_ops(tmp_path):
     output = tmp_path / "bench.json"
     command = [sys.executable, "-m", "experiments.benchmark", "--quick", "--models", "vae", "--vae-batch-sizes"]
-    command += ["128", "--seeds", "1", "--epochs", "1", "--profile", "--output", str(output)]
+    command += ["128", "--seeds", "1", "--epochs", "1", "--profile", "--nll-images", "0", "--output", str(output)]
     default_xla = {**os.environ, "XLA_FLAGS": os.environ["XLA_FLAGS"].replace(FAST_COMPILE_FLAG, "")}
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300, env=default_xla)
     assert finished.returncode == 0, finished.stderr
