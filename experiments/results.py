@@ -86,6 +86,21 @@ def _nll(variant: str) -> Callable[[dict], str]:
     return result
 
 
+def _iwae(variant: str) -> Callable[[dict], str]:
+    def result(summary: dict) -> str:
+        figures = summary["iwae"]
+        row = next(r for r in figures["rows"] if r["row"] == variant)
+        verdicts = [v["holds"] for v in figures["claims"].values()]
+        return (
+            f"test NLL **{row['nll']:.2f} ± {row['nll_stderr']:.2f}** nats (k = {figures['iw_samples']}; the paper's "
+            f"{row['paper_nll']:.2f} after 3,280 epochs); the paper's claims: {verdicts.count(True)} of "
+            f"{len(verdicts)} hold, {verdicts.count(None)} within noise, {verdicts.count(False)} fail"
+        )
+
+    return result
+
+
+IWAE_COMMAND = "python -m experiments.iwae --rows all iwae-1l-k50-stl iwae-1l-k50-dreg --stages 3"
 ROWS = (
     Row("VAE", "vae", "python -m experiments.vae", _single),
     Row("MLP autoencoder", "ae", "python -m experiments.ae", _single),
@@ -99,6 +114,7 @@ ROWS = (
         Row(f"NLL, short: {v}", "nll_quick", "python -m experiments.nll --epochs 10 --iw-samples 1000", _nll(v), v)
         for v in ("vae_400_20", "vae_200x2_50")
     ),
+    *(Row(f"IWAE, 3 of 8 stages: {v}", "iwae", IWAE_COMMAND, _iwae(v), v) for v in ("iwae-1l-k50", "iwae-2l-k50")),
 )
 
 
@@ -117,7 +133,10 @@ def describe(config: Config) -> str:
     if config.model.startswith("conv"):
         shape = f"channels {'-'.join(map(str, config.widths))}, {config.latent_dim}-d code"
     else:
-        shape = "-".join(map(str, (784, *config.widths, config.latent_dim)))
+        upper = (*config.upper_widths, config.upper_latent_dim) if config.upper_latent_dim else ()
+        shape = "-".join(map(str, (784, *config.widths, config.latent_dim, *upper)))
+    if config.objective_samples > 1 and config.objective in ("iwae", "vae_k"):
+        shape += f", {config.objective} k = {config.objective_samples}"
     text = f"`{config.model}` {shape}, batch {config.batch_size}, Adam {config.learning_rate:g}"
     if config.binarize != "none":
         text += f", {config.binarize}ally binarized {config.dataset}"

@@ -263,20 +263,26 @@ def test_iwae_command_refuses_bad_rows_and_stages_in_one_line(mnist_slice_dir, t
     assert not (tmp_path / "table").exists()
 
 
-def test_the_claims_are_judged_on_the_rows_measured():
+def test_the_claims_are_judged_on_the_rows_measured_beyond_their_noise():
     from experiments import iwae
 
     def rows(**nll):
-        return {name.replace("_", "-"): {"nll": value, "active_units": [10]} for name, value in nll.items()}
+        return {n.replace("_", "-"): {"nll": v, "nll_stderr": 0.25, "active_units": [10]} for n, v in nll.items()}
 
-    measured = rows(iwae_1l_k1=90.0, vae_1l_k50=89.5, iwae_1l_k50=88.0, iwae_1l_k50_dreg=87.5, iwae_1l_k50_stl=88.5)
+    measured = rows(iwae_1l_k1=90.0, vae_1l_k50=89.5, iwae_1l_k50=88.0, iwae_1l_k50_dreg=87.5, iwae_1l_k50_stl=88.1)
     measured["iwae-1l-k50"]["active_units"] = [20]
     verdicts = iwae.claims(measured)
-    assert verdicts["1l: IWAE's NLL falls with k, the VAE's less"]["holds"] is True
-    assert verdicts["1l: IWAE k=50 keeps more active units than VAE k=50"]["holds"] is True
-    assert verdicts["dreg beats the plain gradient at k=50 (1l)"]["holds"] is True
-    assert verdicts["stl beats the plain gradient at k=50 (1l)"]["holds"] is False
-    assert verdicts["2l: IWAE's NLL falls with k, the VAE's less"]["holds"] is None  # no 2-layer rows
-    assert verdicts["2 stochastic layers beat 1"]["holds"] is None
+    falls = verdicts["1l: IWAE's NLL falls with k more than the VAE's"]
+    assert falls["holds"] is True and falls["margin"] == pytest.approx(1.5) and falls["noise"] == 0.25
+    units = verdicts["1l: IWAE k=50 keeps more active units than VAE k=50"]
+    assert units["holds"] is True and units["margin"] == 10 and units["active_units"]["iwae-1l-k50"] == 20
+    assert verdicts["dreg beats the plain gradient at k=50 (1l)"]["holds"] is True  # by 0.5 > 0.25
+    stl = verdicts["stl beats the plain gradient at k=50 (1l)"]
+    assert stl["holds"] is None and stl["margin"] == pytest.approx(-0.1)  # worse, but within the noise
+    assert verdicts["2l: IWAE's NLL falls with k more than the VAE's"]["margin"] is None  # no 2-layer rows
+    assert verdicts["2 stochastic layers beat 1, every pair"]["holds"] is None
     measured |= rows(iwae_2l_k50=88.5)
-    assert iwae.claims(measured)["2 stochastic layers beat 1"]["holds"] is False
+    assert iwae.claims(measured)["2 stochastic layers beat 1, every pair"]["holds"] is False
+    assert "| stl beats the plain gradient at k=50 (1l) | within noise | -0.10 (noise 0.25) |" in iwae.markdown(
+        {"iw_samples": 5000, "stages": 3, "epochs": 13, "rows": [], "claims": verdicts}
+    )
