@@ -265,11 +265,11 @@ class Checkpoints:
         try:
             self._manager.close()
         finally:
-            for name in ORBAX_LOGGERS if not self._failed else ():
-                logger = logging.getLogger(name)
-                logger.removeHandler(self._log)
-                logger.propagate = not any(isinstance(h, _QuietFileHandler) for h in logger.handlers)
             if not self._failed:
+                for name in ORBAX_LOGGERS:
+                    logger = logging.getLogger(name)
+                    logger.removeHandler(self._log)
+                    logger.propagate = not any(isinstance(h, _QuietFileHandler) for h in logger.handlers)
                 with contextlib.suppress(OSError):  # flushing the log on a full disk
                     self._log.close()
 
