@@ -28,7 +28,7 @@ import jax
 from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 from tqdm import tqdm
 
-from jaxae import parallel
+from jaxae import evaluate, parallel
 from jaxae.checkpoint import CheckpointError
 from jaxae.config import Config, ConfigError
 from jaxae.data import DataError, cache_dir
@@ -227,6 +227,14 @@ def with_saved_epochs(config: Config, workdir: Path, flags: dict, log: Callable[
         return config
     log(f"resuming to the run's own {count(epochs, 'epoch')} (pass --epochs to train longer)")
     return dataclasses.replace(config, epochs=epochs)
+
+
+def check_iw_samples(samples: int) -> None:
+    """Refuses an --iw-samples the importance-weighted NLL cannot draw in its chunks."""
+    try:
+        evaluate.check_samples(samples, name="--iw-samples")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def count(n: int, noun: str) -> str:

@@ -33,11 +33,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.cli import count
+from experiments.cli import check_iw_samples, count
 from experiments.harness import Study, main_study
 from jaxae import evaluate, losses
 from jaxae.config import Config, ConfigError
 from jaxae.files import atomic_write_text
+from jaxae.optim import stage_epochs
 from jaxae.workdir import RestoredRun, restore_run
 
 BATCH_SIZE = 20
@@ -116,11 +117,6 @@ def parse_rows(names: list[str], estimator: str) -> list[Row]:
     return list(dict.fromkeys(rows))
 
 
-def stage_epochs(stages: int, growth: int = 3) -> int:
-    """Epochs of the first ``stages`` stages: 1 + 3 + ... + 3^(stages-1)."""
-    return sum(growth**i for i in range(stages))
-
-
 def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", nargs="+", default=["all"], help="rows to run by name, or all (default: all)")
     parser.add_argument(
@@ -140,10 +136,7 @@ def variants(config: Config, args: argparse.Namespace) -> dict[str, Config]:
         raise ConfigError(f"unknown --estimator {args.estimator!r}: use one of {', '.join(losses.ESTIMATORS)}")
     if not 1 <= args.stages <= PAPER_STAGES:
         raise ConfigError(f"--stages must be 1..{PAPER_STAGES}, got {args.stages}")
-    if args.iw_samples <= 0 or (args.iw_samples > evaluate.NLL_CHUNK and args.iw_samples % evaluate.NLL_CHUNK):
-        raise ConfigError(
-            f"--iw-samples must be positive, and a multiple of {evaluate.NLL_CHUNK} above it; got {args.iw_samples}"
-        )
+    check_iw_samples(args.iw_samples)
     runs = {}
     for row in parse_rows(args.rows, args.estimator):
         runs[row.run_name] = dataclasses.replace(

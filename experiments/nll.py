@@ -18,9 +18,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from experiments.cli import check_iw_samples
 from experiments.harness import Study, main_study
 from jaxae import evaluate, losses, train
-from jaxae.config import Config, ConfigError
+from jaxae.config import Config
 from jaxae.workdir import RestoredRun, restore_run
 
 DEFAULTS = Config(model="vae", epochs=100, binarize="dynamic", plot_epochs=())
@@ -32,10 +33,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def variants(config: Config, args: argparse.Namespace) -> dict[str, Config]:
-    if args.iw_samples <= 0 or (args.iw_samples > evaluate.NLL_CHUNK and args.iw_samples % evaluate.NLL_CHUNK):
-        raise ConfigError(
-            f"--iw-samples must be positive, and a multiple of {evaluate.NLL_CHUNK} above it; got {args.iw_samples}"
-        )
+    check_iw_samples(args.iw_samples)
     return {
         name: dataclasses.replace(config, model="vae", widths=widths, latent_dim=dim, binarize="dynamic")
         for name, (widths, dim) in ARCHITECTURES.items()

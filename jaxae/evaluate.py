@@ -100,6 +100,13 @@ def _objective_values(model: nn.Module, objective) -> Callable:
 NLL_CHUNK = 100
 
 
+def check_samples(samples: int, chunk: int = NLL_CHUNK, name: str = "samples") -> None:
+    """Raises ValueError, naming ``name``, unless ``samples`` draws go in chunks of
+    ``chunk``: positive, and a multiple of ``chunk`` when above it."""
+    if samples <= 0 or (samples > chunk and samples % chunk):
+        raise ValueError(f"{name} must be positive, and a multiple of {chunk} above it; got {samples}")
+
+
 def importance_weighted_nll(
     model: nn.Module, params, x: jax.Array, key: jax.Array, *, samples: int, chunk: int = NLL_CHUNK
 ) -> jax.Array:
@@ -115,9 +122,8 @@ def importance_weighted_nll(
         x: images in [0, 1] ``(N, H, W, C)``, scored under the Bernoulli decoder.
         key: the draws' key; chunk ``c`` uses ``split(key, samples // chunk)[c]``.
     """
+    check_samples(samples, chunk)
     chunk = min(chunk, samples)
-    if samples <= 0 or samples % chunk:
-        raise ValueError(f"samples must be positive, and a multiple of {chunk} above {chunk}; got {samples}")
 
     def body(total: jax.Array, chunk_key: jax.Array):
         log_w, _ = losses.log_weights(model, params, x, x, chunk_key, samples=chunk, estimator="plain")

@@ -98,10 +98,15 @@ def write_workdir(workdir: Path, config: Config, *, overwrite: bool) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(workdir / "config.json", json.dumps(config.to_json(), indent=2))
     except OSError as error:
-        cause = error.__cause__ if isinstance(error, WriteError) else error
-        raise ConfigError(
-            f"cannot write to `workdir` {workdir} ({cause.strerror}): choose a writable folder", field="workdir"
-        ) from None
+        raise _unwritable(workdir, error) from None
+
+
+def _unwritable(workdir: Path, error: OSError) -> ConfigError:
+    """The one-line error for a workdir that cannot be written, naming the OS's reason."""
+    cause = error.__cause__ if isinstance(error, WriteError) else error
+    return ConfigError(
+        f"cannot write to `workdir` {workdir} ({cause.strerror}): choose a writable folder", field="workdir"
+    )
 
 
 @contextlib.contextmanager
@@ -120,9 +125,7 @@ def locked(workdir: Path) -> Iterator[None]:
         workdir.mkdir(parents=True, exist_ok=True)
         descriptor = _lock(path)
     except OSError as error:
-        raise ConfigError(
-            f"cannot write to `workdir` {workdir} ({error.strerror}): choose a writable folder", field="workdir"
-        ) from None
+        raise _unwritable(workdir, error) from None
     if descriptor is None:
         owner = _read_owner(path)
         raise ConfigError(
