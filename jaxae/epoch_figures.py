@@ -3,6 +3,7 @@ reconstructions at chosen epochs, the loss curves, and samples from the prior.""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -13,6 +14,14 @@ from jaxae import plots, train
 from jaxae.config import Config, corrupt_function, objective_name
 
 LOSS_UNITS = {"elbo": "-ELBO (nats per image)", "reconstruction": "MSE per pixel"}
+
+
+@functools.cache
+def _image_functions(model) -> tuple:
+    # One compiled pair per model, shared by every run of it (the seeds of a study).
+    reconstruct = jax.jit(lambda params, x: jax.nn.sigmoid(model.apply(params, x).logits))
+    decode = jax.jit(lambda params, z: jax.nn.sigmoid(model.apply(params, z, method=model.decode)))
+    return reconstruct, decode
 
 
 class RunFigures:
@@ -30,8 +39,7 @@ class RunFigures:
         corrupt = corrupt_function(config)
         self.test_inputs = None if corrupt is None else corrupt(jax.random.fold_in(sample_key, 1), self.test_images)
         self.prior_z = jax.random.normal(sample_key, (64, config.latent_dim))
-        self._reconstruct = jax.jit(lambda params, x: jax.nn.sigmoid(model.apply(params, x).logits))
-        self._decode = jax.jit(lambda params, z: jax.nn.sigmoid(model.apply(params, z, method=model.decode)))
+        self._reconstruct, self._decode = _image_functions(model)
 
     def epoch_files(self, epoch: int) -> tuple[Path, Path]:
         """The files :meth:`epoch` writes: the reconstructions and the loss curves."""

@@ -220,6 +220,12 @@ def make_evaluate(
 
 def stack(trees: list):
     """Pytrees of one seed each -> one pytree with a leading seed axis."""
+    return _stack(*trees)
+
+
+@jax.jit
+def _stack(*trees):
+    # One program for the whole tree, not one eager op (and compile) per leaf shape.
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
@@ -245,8 +251,9 @@ def create_states(
     return stack([create_state(model, tx, image_shape, key=key) for key in keys])
 
 
+@jax.jit
 def unstack(tree, index: int):
-    """One seed's slice of a stacked pytree."""
+    """One seed's slice of a stacked pytree (one program for every seed's index)."""
     return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
