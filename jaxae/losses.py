@@ -133,7 +133,9 @@ def binarized(objective: Objective) -> Objective:
 
     def binarized_objective(model: nn.Module, params, inputs, targets, key) -> tuple[jax.Array, Metrics]:
         binarize_key, key = jax.random.split(key)
-        binary_inputs, binary_targets = (corruptions.binarize(binarize_key, x) for x in (inputs, targets))
+        binary_inputs = corruptions.binarize(binarize_key, inputs)
+        # the same draw: when inputs are the targets (training), drawn once
+        binary_targets = binary_inputs if targets is inputs else corruptions.binarize(binarize_key, targets)
         return objective(model, params, binary_inputs, binary_targets, key)
 
     return binarized_objective
