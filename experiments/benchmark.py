@@ -15,6 +15,13 @@ run with a large jitted matrix product, before and after the models (the better 
 on a shared machine a neighbour can slow either), and each model's achieved GFLOP/s is set
 against it. The last rows train 8 VAEs at once (``jax.vmap``) against 8 separate runs.
 
+The IWAE rows time an epoch of ``experiments.iwae`` (Burda et al.'s 1-layer model, batch
+20, k = 1, 5, 50) on ``--iwae-images`` training images: at batch 20 a step is short, so
+they show per-step overhead where the others show arithmetic. With PyTorch installed, the
+same run times ``experiments.torch_reference``'s ``conv_ae`` and IWAE on the same images and
+sets jaxae's epochs against them; the k = 5000 NLL row sets the evaluation against its
+floor, the decoder's FLOPs at the matmul rate.
+
 ``--profile`` runs one more epoch per row under the JAX profiler and lists the XLA ops that
 took longest, each with the JAX operation it computes (from XLA's metadata).
 """
@@ -24,6 +31,8 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -38,12 +47,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import iwae, torch_reference
 from experiments.cli import Parser, compilation_cache
 from jaxae import data, evaluate, models, parallel, train
 from jaxae.config import DTYPES, Config, build_model, build_objective, build_optimizer
 from jaxae.files import atomic_write_text
 
 BENCHMARKED = ("ae", "vae", "conv_ae")
+IWAE_SAMPLES = (1, 5, 50)  # the k of Burda et al.'s table
 
 
 def matmul_gflops(dtype: str, size: int, repeats: int = 5) -> float:
@@ -121,17 +132,24 @@ def _short(op_name: str) -> str:
     return op_name.split("/closed_call/")[-1]
 
 
-def benchmark(
-    model_name: str,
-    batch_size: int,
-    dtype: str,
-    images: np.ndarray,
-    epochs: int,
-    seeds: int = 1,
-    *,
-    profile: bool = False,
-) -> dict:
-    """Compiles one epoch of training and times ``2 + epochs``; returns one row of figures.
+def model_config(model_name: str, batch_size: int, dtype: str, seeds: int = 1) -> Config:
+    """A model at its default size, trained as its experiment trains it."""
+    widths = models.MODELS[model_name].widths
+    return Config(model=model_name, batch_size=batch_size, dtype=dtype, widths=widths, seeds=seeds)
+
+
+def iwae_config(samples: int, dtype: str) -> Config:
+    """Burda et al.'s 1-layer IWAE with ``samples`` draws, as ``experiments.iwae`` trains it."""
+    return dataclasses.replace(iwae.DEFAULTS, objective="iwae", objective_samples=samples, dtype=dtype)
+
+
+def row_name(config: Config) -> str:
+    return f"iwae k={config.objective_samples}" if config.objective == "iwae" else config.model
+
+
+def benchmark(config: Config, images: np.ndarray, epochs: int, *, profile: bool = False) -> dict:
+    """Compiles one epoch of training under ``config`` (model, batch size, dtype, objective,
+    seeds) and times ``2 + epochs``; returns one row of figures.
 
     The epoch is compiled twice: afresh (``compile_seconds``), and again loaded from the
     compilation cache folder that compile wrote (``cached_compile_seconds``), as a later
@@ -142,8 +160,7 @@ def benchmark(
     With ``profile``, one more epoch runs under the profiler: ``profiled_epoch_seconds``
     and ``top_ops`` (see :func:`top_ops`).
     """
-    widths = models.MODELS[model_name].widths  # the model's default size
-    config = Config(model=model_name, batch_size=batch_size, dtype=dtype, widths=widths)
+    batch_size, seeds = config.batch_size, config.seeds
     model = build_model(config, images.shape[1:])
     objective = build_objective(config)
     tx = build_optimizer(config, steps_per_epoch=math.ceil(len(images) / batch_size))
@@ -192,10 +209,11 @@ def benchmark(
         seconds, ops = top_ops(lambda: run_epoch(train_epoch, 2 + epochs), train_epoch.as_text())
         profiled = {"profiled_epoch_seconds": seconds, "top_ops": ops}
     return {
-        "model": model_name,
+        "model": row_name(config),
         "batch_size": batch_size,
-        "dtype": dtype,
+        "dtype": config.dtype,
         "seeds": seeds,
+        "images": len(images),
         "compile_seconds": compile_seconds,
         "first_epoch_seconds": first_epoch_seconds,
         "cached_compile_seconds": cached_compile_seconds,
@@ -229,6 +247,30 @@ def nll_benchmark(images: np.ndarray, samples: int, chunk: int) -> dict:
     return {"images": len(images), "samples": samples, "chunk": chunk, "seconds": run(), "flops": decoder_flops}
 
 
+def torch_rows(conv_images: np.ndarray | None, iwae_images: np.ndarray, samples: list[int], epochs: int) -> list[dict]:
+    """``experiments.torch_reference``'s epochs (median of ``epochs``) of ``conv_ae`` on
+    ``conv_images`` (None: no such row) and of the IWAE at each of ``samples`` on ``iwae_images``."""
+    import torch
+
+    plan = [("conv_ae", "conv_ae", 1, conv_images)] if conv_images is not None else []
+    plan += [("iwae", f"iwae k={k}", k, iwae_images) for k in samples]
+    rows = []
+    for model_name, name, k, images in plan:
+        times = torch_reference.epoch_seconds(model_name, images, epochs=epochs, samples=k)
+        rows.append(
+            {
+                "model": name,
+                "batch_size": torch_reference.BATCH_SIZES[model_name],
+                "images": len(images),
+                "epoch_seconds": statistics.median(times),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+            }
+        )
+        print(f"  PyTorch {name}: {rows[-1]['epoch_seconds']:.3f} s per epoch", flush=True)
+    return rows
+
+
 def print_top_ops(rows: list[dict]) -> None:
     for row in rows:
         print(
@@ -239,6 +281,36 @@ def print_top_ops(rows: list[dict]) -> None:
             print(f"  {op['share']:4.0%}  {op['name']:24} {op['computes']}")
         if not row["top_ops"]:
             print("  no XLA ops in the trace (on a CPU, set XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true)")
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(
+        f"{'model':10} {'batch':>5} {'seeds':>5} {'images':>6} {'compile s':>9} {'1st epoch s':>11} "
+        f"{'cache: compile s':>16} {'1st epoch s':>11} {'epoch s':>8} "
+        f"{'images/s':>9} {'GFLOP/epoch':>11} {'GFLOP/s':>8} {'of matmul':>9}"
+    )
+    for row in rows:
+        print(
+            f"{row['model']:10} {row['batch_size']:5d} {row['seeds']:5d} {row['images']:6d} "
+            f"{row['compile_seconds']:9.2f} {row['first_epoch_seconds']:11.2f} {row['cached_compile_seconds']:16.2f} "
+            f"{row['first_epoch_cached_seconds']:11.2f} {row['epoch_seconds']:8.3f} {row['images_per_second']:9.0f} "
+            f"{row['flops_per_epoch'] / 1e9:11.1f} {row['gflops_per_second']:8.1f} {row['fraction_of_matmul']:9.0%}",
+            flush=True,
+        )
+
+
+def print_against_torch(rows: list[dict], torch_rows_: list[dict]) -> None:
+    """Each PyTorch row beside jaxae's row of the same model on the same images."""
+    jaxae_rows = {(row["model"], row["images"]): row for row in rows if row["seeds"] == 1}
+    for theirs in torch_rows_:
+        ours = jaxae_rows.get((theirs["model"], theirs["images"]))
+        if ours is not None:
+            theirs["jaxae_ratio"] = ours["epoch_seconds"] / theirs["epoch_seconds"]
+            print(
+                f"{theirs['model']}, batch {theirs['batch_size']}, {theirs['images']} images: jaxae "
+                f"{ours['epoch_seconds']:.2f} s, PyTorch {theirs['torch']} ({theirs['threads']} threads) "
+                f"{theirs['epoch_seconds']:.2f} s per epoch: {theirs['jaxae_ratio']:.2f}x"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,6 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2048 images, small matmul: a smoke run")
     parser.add_argument("--profile", action="store_true", help="list each row's longest XLA ops (one more epoch)")
     parser.add_argument(
+        "--iwae-samples", type=int, nargs="*", default=list(IWAE_SAMPLES), help="k of the IWAE rows (none: no rows)"
+    )
+    parser.add_argument("--iwae-images", type=int, default=60000, help="training images of an IWAE row's epoch")
+    parser.add_argument(
+        "--torch", choices=("auto", "no"), default="auto", help="auto: the PyTorch rows when torch is installed"
+    )
+    parser.add_argument(
         "--nll-images", type=int, default=1000, help="test images of the k = 5000 NLL row (0: no such row)"
     )
     parser.add_argument(
@@ -262,10 +341,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.profile:  # XLA:CPU traces its ops only when asked, before the backend starts
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_enable_xprof_traceme=true"
-    if min(args.batch_size, args.epochs, args.seeds, args.matmul_size, *args.vae_batch_sizes) <= 0:
-        parser.error("--batch-size, --vae-batch-sizes, --epochs, --seeds and --matmul-size must be positive")
+    sizes = (args.batch_size, args.epochs, args.seeds, args.matmul_size, args.iwae_images, *args.vae_batch_sizes)
+    if min(sizes) <= 0 or min(args.iwae_samples, default=1) <= 0:
+        parser.error(
+            "--batch-size, --vae-batch-sizes, --epochs, --seeds, --matmul-size, --iwae-samples and --iwae-images "
+            "must be positive"
+        )
 
     images = data.load("mnist", "train").images
+    iwae_images = images[: min(args.iwae_images, 400 if args.quick else len(images))]
     if args.quick:
         images, args.matmul_size = images[:2048], 1024
     device = jax.devices()[0]
@@ -274,47 +358,42 @@ def main(argv: list[str] | None = None) -> int:
         f"{jax.default_backend()} ({device.device_kind}) on {parallel.host_description()}, {args.dtype}: "
         f"{args.matmul_size}x{args.matmul_size} matmul {matmul_before:.1f} GFLOP/s; {len(images)} images per epoch"
     )
-    plan = [(m, args.batch_size, 1) for m in args.models if m != "vae"]
+    plan = [(model_config(m, args.batch_size, args.dtype), images) for m in args.models if m != "vae"]
     if "vae" in args.models:
-        plan += [("vae", b, 1) for b in sorted({*args.vae_batch_sizes, args.batch_size})]
-        plan += [("vae", args.batch_size, args.seeds)] if args.seeds > 1 else []
+        plan += [(model_config("vae", b, args.dtype), images) for b in sorted({*args.vae_batch_sizes, args.batch_size})]
+        plan += [(model_config("vae", args.batch_size, args.dtype, args.seeds), images)] if args.seeds > 1 else []
+    plan += [(iwae_config(k, args.dtype), iwae_images) for k in args.iwae_samples]
     rows = []
-    header = (
-        f"{'model':8} {'batch':>5} {'seeds':>5} {'compile s':>9} {'1st epoch s':>11} {'cache: compile s':>16} "
-        f"{'1st epoch s':>11} {'epoch s':>8} "
-        f"{'images/s':>9} {'GFLOP/epoch':>11} {'GFLOP/s':>8} {'of matmul':>9}"
-    )
-    for model_name, batch_size, seeds in plan:
-        rows.append(benchmark(model_name, batch_size, args.dtype, images, args.epochs, seeds, profile=args.profile))
+    for config, row_images in plan:
+        rows.append(benchmark(config, row_images, args.epochs, profile=args.profile))
         print(
-            f"  {model_name}, batch {batch_size}, {seeds} seed(s): {rows[-1]['epoch_seconds']:.3f} s per epoch",
+            f"  {rows[-1]['model']}, batch {config.batch_size}, {config.seeds} seed(s): "
+            f"{rows[-1]['epoch_seconds']:.3f} s per epoch",
             flush=True,
         )
+    with_torch = args.torch == "auto" and importlib.util.find_spec("torch") is not None
+    conv_images = images if "conv_ae" in args.models else None
+    reference = torch_rows(conv_images, iwae_images, args.iwae_samples, args.epochs) if with_torch else []
     samples = 500 if args.quick else 5000
     test_images = data.load("mnist", "test").images[: args.nll_images]
     nll_rows = [nll_benchmark(test_images, samples, chunk) for chunk in args.nll_chunks] if args.nll_images else []
     matmul_after = matmul_gflops(args.dtype, args.matmul_size)
     matmul = max(matmul_before, matmul_after)
     print(f"matmul again {matmul_after:.1f} GFLOP/s; the rows use the better, {matmul:.1f}")
-    print(header)
     for row in rows:
         row["fraction_of_matmul"] = row["gflops_per_second"] / matmul
-        model_name, batch_size, seeds = row["model"], row["batch_size"], row["seeds"]
-        print(
-            f"{model_name:8} {batch_size:5d} {seeds:5d} {row['compile_seconds']:9.2f} "
-            f"{row['first_epoch_seconds']:11.2f} {row['cached_compile_seconds']:16.2f} "
-            f"{row['first_epoch_cached_seconds']:11.2f} {row['epoch_seconds']:8.3f} {row['images_per_second']:9.0f} "
-            f"{row['flops_per_epoch'] / 1e9:11.1f} {row['gflops_per_second']:8.1f} {row['fraction_of_matmul']:9.0%}",
-            flush=True,
-        )
+    print_rows(rows)
     if "vae" in args.models and args.seeds > 1:
         single = next(r for r in rows if r["model"] == "vae" and r["batch_size"] == args.batch_size and r["seeds"] == 1)
-        together = rows[-1]
+        together = next(r for r in rows if r["model"] == "vae" and r["seeds"] > 1)
         print(
             f"{args.seeds} VAEs vmapped: {together['epoch_seconds']:.2f} s per epoch; "
             f"{args.seeds} separate runs: {args.seeds * single['epoch_seconds']:.2f} s "
             f"({args.seeds * single['epoch_seconds'] / together['epoch_seconds']:.2f}x)"
         )
+    print_against_torch(rows, reference)
+    if not with_torch:
+        print("no PyTorch rows: " + ("--torch no" if args.torch == "no" else "pip install torch to add them"))
     for row in nll_rows:
         row["floor_seconds"] = row["flops"] / matmul / 1e9
         print(
@@ -336,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         "matmul_gflops_per_second_before_and_after": [matmul_before, matmul_after],
         "images_per_epoch": len(images),
         "rows": rows,
+        "torch_rows": reference,
         "nll_rows": nll_rows,
     }
     output = Path(args.output)

@@ -13,7 +13,7 @@ import pytest
 
 from experiments import benchmark
 from jaxae import experiment, losses, models, train
-from jaxae.config import DTYPES
+from jaxae.config import DTYPES, build_model
 from tests.conftest import FAST_COMPILE_FLAG
 from tests.test_checkpoint import read_metrics, restore_latest
 
@@ -21,7 +21,7 @@ from tests.test_checkpoint import read_metrics, restore_latest
 def test_benchmark_row_is_consistent(mnist_small):
     images = mnist_small[0]
     cache_setting = jax.config.jax_compilation_cache_dir
-    row = benchmark.benchmark("vae", 64, "float32", images, epochs=2)
+    row = benchmark.benchmark(benchmark.model_config("vae", 64, "float32"), images, epochs=2)
     assert jax.config.jax_compilation_cache_dir == cache_setting  # the benchmark's own folder is gone
     assert row["compile_seconds"] > 0 and row["epoch_seconds"] > 0
     assert row["first_epoch_seconds"] > row["compile_seconds"]
@@ -54,6 +54,10 @@ def test_benchmark_command_writes_its_table(tmp_path, capsys):
         "--nll-chunks",
         "50",
         "100",
+        "--iwae-samples",
+        "5",
+        "--torch",
+        "no",
         "--output",
         str(output),
     ]
@@ -61,9 +65,14 @@ def test_benchmark_command_writes_its_table(tmp_path, capsys):
     result = json.loads(output.read_text())
     assert result["backend"] == jax.default_backend() and result["matmul_gflops_per_second"] > 0
     assert result["matmul_gflops_per_second"] == max(result["matmul_gflops_per_second_before_and_after"])
-    assert [(r["batch_size"], r["seeds"]) for r in result["rows"]] == [(256, 1), (256, 2)]
-    single, together = result["rows"]
+    rows = [(r["model"], r["batch_size"], r["seeds"], r["images"]) for r in result["rows"]]
+    assert rows == [("vae", 256, 1, 2048), ("vae", 256, 2, 2048), ("iwae k=5", 20, 1, 400)]
+    single, together, iwae = result["rows"]
     assert together["flops_per_epoch"] == pytest.approx(2 * single["flops_per_epoch"], rel=0.01)
+    # 784-200-200-50 encoder, 5 draws through the 50-200-200-784 decoder: forward and two backward products
+    iwae_flops = 2 * 3 * (784 * 200 + 200 * 200 + 2 * 200 * 50 + 5 * (50 * 200 + 200 * 200 + 200 * 784)) * 400
+    assert 0.9 * iwae_flops < iwae["flops_per_epoch"] < 1.25 * iwae_flops
+    assert result["torch_rows"] == []
     for row in result["rows"]:
         assert row["fraction_of_matmul"] == pytest.approx(row["gflops_per_second"] / result["matmul_gflops_per_second"])
     assert [(r["images"], r["samples"], r["chunk"]) for r in result["nll_rows"]] == [(20, 500, 50), (20, 500, 100)]
@@ -73,13 +82,31 @@ def test_benchmark_command_writes_its_table(tmp_path, capsys):
         assert row["floor_seconds"] == pytest.approx(decoder_flops / result["matmul_gflops_per_second"] / 1e9)
     out = capsys.readouterr().out
     assert "2 VAEs vmapped" in out and "IW-NLL, k = 500, 20 images, 100 draws per step" in out
+    assert "no PyTorch rows: --torch no" in out
+
+
+def test_pytorch_rows_are_set_against_jaxae_rows_of_the_same_model_and_images(capsys):
+    ours = [
+        {"model": "conv_ae", "images": 2048, "seeds": 1, "epoch_seconds": 1.0},
+        {"model": "iwae k=5", "images": 400, "seeds": 1, "epoch_seconds": 0.5},
+    ]
+    theirs = [
+        {"model": "conv_ae", "batch_size": 128, "images": 2048, "epoch_seconds": 4.0, "torch": "2", "threads": 2},
+        {"model": "iwae k=5", "batch_size": 20, "images": 60000, "epoch_seconds": 9.0, "torch": "2", "threads": 2},
+    ]
+    benchmark.print_against_torch(ours, theirs)
+    assert theirs[0]["jaxae_ratio"] == 0.25 and "jaxae_ratio" not in theirs[1]  # other images: no pair
+    assert capsys.readouterr().out.splitlines() == [
+        "conv_ae, batch 128, 2048 images: jaxae 1.00 s, PyTorch 2 (2 threads) 4.00 s per epoch: 0.25x"
+    ]
 
 
 @pytest.mark.slow
 def test_profile_names_the_matrix_products_among_the_longest_ops(tmp_path):
     output = tmp_path / "bench.json"
     command = [sys.executable, "-m", "experiments.benchmark", "--quick", "--models", "vae", "--vae-batch-sizes"]
-    command += ["128", "--seeds", "1", "--epochs", "1", "--profile", "--nll-images", "0", "--output", str(output)]
+    command += ["128", "--seeds", "1", "--epochs", "1", "--profile", "--nll-images", "0", "--iwae-samples"]
+    command += ["--torch", "no", "--output", str(output)]
     default_xla = {**os.environ, "XLA_FLAGS": os.environ["XLA_FLAGS"].replace(FAST_COMPILE_FLAG, "")}
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300, env=default_xla)
     assert finished.returncode == 0, finished.stderr
@@ -132,3 +159,17 @@ def test_torch_reference_without_torch_says_how_to_get_it(monkeypatch, capsys):
     monkeypatch.setitem(__import__("sys").modules, "torch", None)  # makes `import torch` fail
     assert torch_reference.main(["--epochs", "1"]) == 2
     assert capsys.readouterr().err.strip() == "error: PyTorch is not installed: pip install torch"
+
+
+@pytest.mark.parametrize(("model_name", "config"), [("conv_ae", "conv_ae"), ("iwae", "iwae")])
+def test_torch_reference_models_have_jaxae_s_parameter_count(model_name, config, mnist_small):
+    pytest.importorskip("torch")
+    from experiments import torch_reference
+
+    module = torch_reference.build(model_name, mnist_small[0], samples=5)[0]
+    jaxae_config = (
+        benchmark.iwae_config(5, "float32") if config == "iwae" else benchmark.model_config(config, 128, "float32")
+    )
+    model = build_model(jaxae_config, (28, 28, 1))
+    params = train.init_params(model, (28, 28, 1), jax.random.key(0))
+    assert sum(p.numel() for p in module.parameters()) == sum(leaf.size for leaf in jax.tree.leaves(params))
