@@ -117,4 +117,10 @@ def host_description() -> str:
     except OSError:
         pass  # not Linux: the processor name alone
     vectors = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
-    return ", ".join(filter(None, [model, vectors, f"{os.cpu_count()} cores"]))
+    return ", ".join(filter(None, [model, vectors, _cores()]))
+
+
+def _cores() -> str:
+    """``2 cores``, or ``1 of 2 cores`` when this process may run on fewer (``taskset``)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{os.cpu_count()} cores" if usable == os.cpu_count() else f"{usable} of {os.cpu_count()} cores"

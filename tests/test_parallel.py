@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxae import models, train
+from jaxae import models, parallel, train
 from jaxae.checkpoint import Checkpoints
 from tests.test_checkpoint import read_metrics
 
@@ -137,3 +137,12 @@ def test_incomplete_process_flags_are_refused(flags, tmp_path):
     assert result.stderr.strip() == (
         "error: --num-processes and --process-id go together: give both (and --coordinator-address)"
     )
+
+
+def test_the_host_names_the_cores_a_pinned_process_may_use(monkeypatch):
+    total = os.cpu_count()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(total)), raising=False)
+    assert parallel.host_description().endswith(f", {total} cores")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    expected = f", {total} cores" if total == 1 else f", 1 of {total} cores"
+    assert parallel.host_description().endswith(expected)
