@@ -218,14 +218,10 @@ def make_evaluate(
     return _jit_over_mesh(_over_seeds(evaluate, stacked), mesh)
 
 
-def stack(trees: list):
-    """Pytrees of one seed each -> one pytree with a leading seed axis."""
-    return _stack(*trees)
-
-
 @jax.jit
-def _stack(*trees):
-    # One program for the whole tree, not one eager op (and compile) per leaf shape.
+def stack(trees: list):
+    """Pytrees of one seed each -> one pytree with a leading seed axis (one program for the
+    whole tree, not one eager op and compile per leaf shape)."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
