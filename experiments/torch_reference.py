@@ -147,6 +147,7 @@ def _train(model_name, images, test_images, *, epochs, batch_size, samples, seed
     batch_size = batch_size or BATCH_SIZES[model_name]
     model, loss_fn, optimizer, to_input, summed = build(model_name, images, samples)
     train_u8 = torch.tensor(images[..., 0])
+    test_u8 = None if test_images is None else torch.tensor(test_images[..., 0])
     times, test_loss = [], None
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
@@ -157,9 +158,8 @@ def _train(model_name, images, test_images, *, epochs, batch_size, samples, seed
             (loss if summed else loss / len(batch)).backward()
             optimizer.step()
         times.append(time.perf_counter() - start)
-        if test_images is not None:
+        if test_u8 is not None:
             model.eval()
-            test_u8 = torch.tensor(test_images[..., 0])
             with torch.no_grad():
                 total = sum(loss_fn(to_input(x)).item() for x in test_u8.split(1000))
             test_loss = total / len(test_u8)
