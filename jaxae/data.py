@@ -621,8 +621,12 @@ def _tensorflow_installed() -> bool:
 
 
 def _load_tfds_if_prepared(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray] | None:
-    """The split when TFDS has prepared it on disk; None otherwise, without a word from TFDS."""
-    tfds = _import_tfds()
+    """The split when TFDS has prepared it on disk; None otherwise (TFDS not installed
+    included: then it has prepared nothing), without a word from TFDS."""
+    try:
+        tfds = _import_tfds()
+    except DataError:
+        return None
     try:
         tfds.builder_cls(name)  # an unknown name fails here, clearly
     except tfds.core.registered.DatasetNotFoundError:

@@ -166,6 +166,18 @@ def test_tfds_source_on_mock_data(empty_cache):
     assert data.load("cifar10", "test", source="cache").images.shape == (12, 32, 32, 3)
 
 
+def test_auto_moves_past_tfds_when_it_is_not_installed(mnist_test, empty_cache, monkeypatch):
+    # Files a download left in the cache, then TFDS gone (as on an image without it).
+    folder = empty_cache / "mnist-idx"
+    folder.mkdir()
+    for stem, array in zip(data.IDX_STEMS["test"], (mnist_test.images[..., 0], mnist_test.labels), strict=True):
+        (folder / f"{stem}.gz").write_bytes(gzip.compress(idx_bytes(array)))
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail
+    loaded = data.load("mnist", "test")
+    assert loaded.source == "download"
+    np.testing.assert_array_equal(loaded.images, mnist_test.images)
+
+
 @pytest.mark.skipif(
     subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True).returncode == 0,
     reason="TensorFlow is installed, so TFDS could really try to prepare",
