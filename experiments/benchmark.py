@@ -252,11 +252,13 @@ def torch_rows(conv_images: np.ndarray | None, iwae_images: np.ndarray, samples:
     ``conv_images`` (None: no such row) and of the IWAE at each of ``samples`` on ``iwae_images``."""
     import torch
 
+    # On the device jaxae runs on: a GPU when both see one, else the CPU.
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     plan = [("conv_ae", "conv_ae", 1, conv_images)] if conv_images is not None else []
     plan += [("iwae", f"iwae k={k}", k, iwae_images) for k in samples]
     rows = []
     for model_name, name, k, images in plan:
-        times = torch_reference.epoch_seconds(model_name, images, epochs=epochs, samples=k)
+        times = torch_reference.epoch_seconds(model_name, images, epochs=epochs, samples=k, device=device)
         rows.append(
             {
                 "model": name,
@@ -264,6 +266,7 @@ def torch_rows(conv_images: np.ndarray | None, iwae_images: np.ndarray, samples:
                 "images": len(images),
                 "epoch_seconds": statistics.median(times),
                 "torch": torch.__version__,
+                "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                 "threads": torch.get_num_threads(),
             }
         )
@@ -306,9 +309,11 @@ def print_against_torch(rows: list[dict], torch_rows_: list[dict]) -> None:
         ours = jaxae_rows.get((theirs["model"], theirs["images"]))
         if ours is not None:
             theirs["jaxae_ratio"] = ours["epoch_seconds"] / theirs["epoch_seconds"]
+            device = theirs.get("device", "cpu")
+            where = f"{theirs['threads']} threads" if device == "cpu" else device
             print(
                 f"{theirs['model']}, batch {theirs['batch_size']}, {theirs['images']} images: jaxae "
-                f"{ours['epoch_seconds']:.2f} s, PyTorch {theirs['torch']} ({theirs['threads']} threads) "
+                f"{ours['epoch_seconds']:.2f} s, PyTorch {theirs['torch']} ({where}) "
                 f"{theirs['epoch_seconds']:.2f} s per epoch: {theirs['jaxae_ratio']:.2f}x"
             )
 

@@ -13,7 +13,9 @@ epoch times. Needs PyTorch (``pip install torch``):
   epsilon 5e-6), its output bias at the mean training pixel's logit.
 
 Each epoch visits the training images in a fresh random order (index tensors, no
-DataLoader workers: the fastest way to feed arrays that sit in memory).
+DataLoader workers: the fastest way to feed arrays that sit in memory). ``--device cuda``
+trains on an NVIDIA GPU, with the images on it (``auto``, the default, takes one when
+PyTorch sees it).
 :func:`epoch_seconds` is what ``experiments.benchmark`` calls for its same-run rows.
 """
 
@@ -34,9 +36,10 @@ MODELS = ("vae", "conv_ae", "iwae")
 BATCH_SIZES = {"vae": 128, "conv_ae": 128, "iwae": 20}
 
 
-def build(model_name: str, train_images: np.ndarray, samples: int = 1):
-    """``(module, loss(x) -> the batch's summed loss, optimizer, to_input(uint8 batch), summed)``;
-    ``summed``: the model trains on the batch's sum, as the examples VAE does, not its mean."""
+def build(model_name: str, train_images: np.ndarray, samples: int = 1, device: str = "cpu"):
+    """``(module, loss(x) -> the batch's summed loss, optimizer, to_input(uint8 batch), summed)``
+    with the module on ``device``; ``summed``: the model trains on the batch's sum, as the
+    examples VAE does, not its mean."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -56,7 +59,7 @@ def build(model_name: str, train_images: np.ndarray, samples: int = 1):
                 z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
                 return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
 
-        model = VAE()
+        model = VAE().to(device)
 
         def loss(x):
             recon, mu, logvar = model(x)
@@ -78,16 +81,16 @@ def build(model_name: str, train_images: np.ndarray, samples: int = 1):
             nn.ConvTranspose2d(32, 16, 3, 2, 1, output_padding=1),
             nn.ReLU(),
             nn.ConvTranspose2d(16, 1, 3, 2, 1, output_padding=1),
-        )
+        ).to(device)
 
         def loss(x):
             return F.mse_loss(torch.sigmoid(model(x)), x) * len(x)
 
         return model, loss, torch.optim.Adam(model.parameters(), lr=1e-3), lambda u8: u8.unsqueeze(1) / 255.0, False
-    return _iwae(train_images, samples)
+    return _iwae(train_images, samples, device)
 
 
-def _iwae(train_images: np.ndarray, samples: int):
+def _iwae(train_images: np.ndarray, samples: int, device: str):
     import torch
     from torch import nn
 
@@ -114,7 +117,7 @@ def _iwae(train_images: np.ndarray, samples: int):
         def forward(self, x):  # the IWAE bound of each image, averaged over the batch
             h = self.encoder(x)
             mean, logvar = self.mean(h), self.logvar(h)
-            eps = torch.randn(samples, *mean.shape)
+            eps = torch.randn(samples, *mean.shape, device=mean.device)
             z = mean + torch.exp(0.5 * logvar) * eps
             logits = self.decoder(z)
             bce = nn.functional.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
@@ -124,7 +127,7 @@ def _iwae(train_images: np.ndarray, samples: int):
             log_w = log_px + log_pz - log_qz
             return -(torch.logsumexp(log_w, 0) - math.log(samples)).mean()
 
-    model = IWAE()
+    model = IWAE().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4 / BATCH_SIZES["iwae"])
 
     def loss(x):
@@ -133,30 +136,52 @@ def _iwae(train_images: np.ndarray, samples: int):
     return model, loss, optimizer, lambda u8: torch.bernoulli(u8.reshape(len(u8), -1) / 255.0), False
 
 
+def pick_device(device: str = "auto") -> str:
+    """``device``, or for ``auto`` ``cuda`` when PyTorch sees a GPU and ``cpu`` otherwise."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: PyTorch sees no CUDA GPU; use --device cpu, or a CUDA build of torch")
+    return device
+
+
 def epoch_seconds(
-    model_name: str, images: np.ndarray, *, epochs: int, batch_size: int | None = None, samples: int = 1, seed: int = 1
+    model_name: str,
+    images: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int | None = None,
+    samples: int = 1,
+    seed: int = 1,
+    device: str = "cpu",
 ) -> list[float]:
-    """Seconds of each of ``epochs`` training epochs over uint8 ``images (N, 28, 28, 1)``."""
-    return _train(model_name, images, None, epochs=epochs, batch_size=batch_size, samples=samples, seed=seed)[0]
+    """Seconds of each of ``epochs`` training epochs over uint8 ``images (N, 28, 28, 1)`` on ``device``."""
+    return _train(
+        model_name, images, None, epochs=epochs, batch_size=batch_size, samples=samples, seed=seed, device=device
+    )[0]
 
 
-def _train(model_name, images, test_images, *, epochs, batch_size, samples, seed, report=None):
+def _train(model_name, images, test_images, *, epochs, batch_size, samples, seed, device, report=None):
     import torch
 
     torch.manual_seed(seed)
     batch_size = batch_size or BATCH_SIZES[model_name]
-    model, loss_fn, optimizer, to_input, summed = build(model_name, images, samples)
-    train_u8 = torch.tensor(images[..., 0])
-    test_u8 = None if test_images is None else torch.tensor(test_images[..., 0])
+    model, loss_fn, optimizer, to_input, summed = build(model_name, images, samples, device)
+    train_u8 = torch.tensor(images[..., 0], device=device)
+    test_u8 = None if test_images is None else torch.tensor(test_images[..., 0], device=device)
     times, test_loss = [], None
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         model.train()
-        for batch in torch.randperm(len(train_u8)).split(batch_size):
+        for batch in torch.randperm(len(train_u8), device=device).split(batch_size):
             optimizer.zero_grad()
             loss = loss_fn(to_input(train_u8[batch]))
             (loss if summed else loss / len(batch)).backward()
             optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()  # the GPU runs behind the Python loop
         times.append(time.perf_counter() - start)
         if test_u8 is not None:
             model.eval()
@@ -174,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--batch-size", type=int, help="default: the model's (vae, conv_ae 128; iwae 20)")
     parser.add_argument("--iw-samples", type=int, default=1, help="iwae: samples k per image")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda when seen")
     args = parser.parse_args(argv)
     if min(args.epochs, args.batch_size or 1, args.iw_samples) <= 0:
         parser.error("--epochs, --batch-size and --iw-samples must be positive")
@@ -183,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: PyTorch is not installed: pip install torch", file=sys.stderr)
         return 2
 
+    try:
+        device = pick_device(args.device)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     train_images, test_images = (data.load("mnist", split).images for split in ("train", "test"))
     times, test_loss = _train(
         args.model,
@@ -192,10 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         samples=args.iw_samples,
         seed=args.seed,
+        device=device,
         report=lambda line: print(line, flush=True),
     )
+    where = torch.cuda.get_device_name() if device == "cuda" else f"{torch.get_num_threads()} threads"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.model}: median epoch "
+        f"torch {torch.__version__}, {where}, {args.model}: median epoch "
         f"{statistics.median(times):.2f} s over {args.epochs}; test loss {test_loss:.4f}"
     )
     return 0

@@ -93,11 +93,14 @@ def test_pytorch_rows_are_set_against_jaxae_rows_of_the_same_model_and_images(ca
     theirs = [
         {"model": "conv_ae", "batch_size": 128, "images": 2048, "epoch_seconds": 4.0, "torch": "2", "threads": 2},
         {"model": "iwae k=5", "batch_size": 20, "images": 60000, "epoch_seconds": 9.0, "torch": "2", "threads": 2},
+        {"model": "iwae k=5", "batch_size": 20, "images": 400, "epoch_seconds": 2.0, "torch": "2", "threads": 2}
+        | {"device": "NVIDIA H200"},
     ]
     benchmark.print_against_torch(ours, theirs)
     assert theirs[0]["jaxae_ratio"] == 0.25 and "jaxae_ratio" not in theirs[1]  # other images: no pair
     assert capsys.readouterr().out.splitlines() == [
-        "conv_ae, batch 128, 2048 images: jaxae 1.00 s, PyTorch 2 (2 threads) 4.00 s per epoch: 0.25x"
+        "conv_ae, batch 128, 2048 images: jaxae 1.00 s, PyTorch 2 (2 threads) 4.00 s per epoch: 0.25x",
+        "iwae k=5, batch 20, 400 images: jaxae 0.50 s, PyTorch 2 (NVIDIA H200) 2.00 s per epoch: 0.25x",
     ]
 
 
