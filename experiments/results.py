@@ -115,6 +115,7 @@ def _iwae(variant: str) -> Callable[[dict], str]:
 
 IWAE_COMMAND = "python -m experiments.iwae --rows all iwae-1l-k50-stl iwae-1l-k50-dreg --stages 3"
 IWAE_LONG_COMMAND = "python -m experiments.iwae --rows iwae-1l-k1 --stages 7"
+IWAE_1L_COMMAND = "python -m experiments.iwae --rows iwae-1l-k1 vae-1l-k5 iwae-1l-k5 vae-1l-k50 iwae-1l-k50 --stages 4"
 ROWS = (
     Row("VAE", "vae", "python -m experiments.vae", _single),
     Row("MLP autoencoder", "ae", "python -m experiments.ae", _single),
@@ -130,6 +131,14 @@ ROWS = (
     ),
     *(Row(f"IWAE, 3 of 8 stages: {v}", "iwae", IWAE_COMMAND, _iwae(v), v) for v in ("iwae-1l-k50", "iwae-2l-k50")),
     Row("IWAE, 7 of 8 stages: iwae-1l-k1", "iwae_7stages", IWAE_LONG_COMMAND, _iwae_row("iwae-1l-k1"), "iwae-1l-k1"),
+    Row("IWAE, 3 of 8 stages, GPU: iwae-2l-k50", "iwae_gpu", IWAE_COMMAND, _iwae("iwae-2l-k50"), "iwae-2l-k50"),
+    Row(
+        "IWAE, 4 of 8 stages, GPU: iwae-1l-k50",
+        "iwae_gpu_4stages",
+        IWAE_1L_COMMAND,
+        _iwae_row("iwae-1l-k50"),
+        "iwae-1l-k50",
+    ),
 )
 
 
@@ -172,7 +181,9 @@ def budget(config: Config, row: Row, summary: dict) -> str:
     run = summary.get("per_seed", [summary])[0]  # vmapped seeds share their time
     study = next(iter(summary.values())) if len(summary) == 1 else {}
     if "train_seconds" in run:
-        text += f", {run['train_seconds'] / run['epochs']:.1f} s/epoch on {run.get('host', run['device'])}"
+        on_cpu = run.get("backend", "cpu") == "cpu"  # a GPU's or TPU's run is named by its device
+        where = run.get("host", run["device"]) if on_cpu else f"one {run['device']}"
+        text += f", {run['train_seconds'] / run['epochs']:.1f} s/epoch on {where}"
     elif f"{row.variant}_seconds_per_epoch" in study:
         text += f", {study[f'{row.variant}_seconds_per_epoch']:.1f} s/epoch"
     return text

@@ -62,6 +62,17 @@ def test_results_rows_cite_the_configs_their_runs_used():
     assert checked >= 7  # the four models, the seed study and both full-budget NLL runs
 
 
+def test_budgets_name_the_gpu_a_run_used_and_the_cpu_of_the_others():
+    from experiments import results
+
+    budgets = {}
+    for row in results.ROWS:
+        summary = json.loads((results.RESULTS / row.folder / "summary.json").read_text())
+        budgets[row.folder] = results.budget(results.command_config(row.command, row.variant), row, summary)
+    assert budgets["iwae_gpu"].endswith("s/epoch on one NVIDIA H200"), budgets["iwae_gpu"]
+    assert "AMD EPYC" in budgets["iwae"] and "H200" not in budgets["iwae"]
+
+
 def test_the_flag_list_names_every_flag_of_the_scripts():
     from experiments import cli, vae
 
