@@ -228,6 +228,7 @@ class SeedRun:
             log(f"no checkpoint in {self.workdir}: starting from epoch 0")
         if parallel.is_primary():
             write_history(self.workdir / "metrics.jsonl", self.history)
+        self.start_epoch = len(self.history)
         return state
 
     def _restore_newest(self, template, *, fall_back: bool, log: Callable[[str], None]):
@@ -272,9 +273,13 @@ class SeedRun:
             self.figures.epoch(jax.device_get(state.params), epoch, self.history)
 
     def finish(self, state: train.TrainState, started: float) -> dict:
-        """Final figures and ``summary.json``."""
+        """Final figures and ``summary.json``. A call that trained no epoch (a finished run
+        resumed) keeps the summary as it was: its machine and seconds are the training's."""
         if self.model.variational and parallel.is_primary():
             self.figures.samples(jax.device_get(state.params))
+        kept = self.workdir / "summary.json"
+        if len(self.history) == self.start_epoch and kept.exists():
+            return json.loads(kept.read_text())
         final = self.history[-1] if self.history else {}
         summary = {
             "model": self.config.model,

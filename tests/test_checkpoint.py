@@ -78,6 +78,11 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, slice_co
     expected = read_metrics(tmp_path / "straight")
     assert [r["epoch"] for r in lines] == [1, 2, 3]
     assert [r["test_loss"] for r in lines] == [r["test_loss"] for r in expected]
+    # Resumed once finished, a run trains nothing and keeps its summary: the machine and
+    # seconds stay those of its training, not of the call that found nothing to do.
+    summary = (tmp_path / "resumed" / "summary.json").read_text()
+    again = experiment.train_and_evaluate(config, tmp_path / "resumed", resume=True)
+    assert (tmp_path / "resumed" / "summary.json").read_text() == summary and again == json.loads(summary)
 
 
 def test_keeps_the_latest_and_the_best(tmp_path, mnist_small):
