@@ -164,6 +164,19 @@ def test_torch_reference_without_torch_says_how_to_get_it(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "error: PyTorch is not installed: pip install torch"
 
 
+def test_torch_reference_asked_for_a_gpu_it_cannot_see_says_what_to_use(capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine's PyTorch sees a GPU")
+    from experiments import torch_reference
+
+    assert torch_reference.pick_device("auto") == "cpu"
+    assert torch_reference.main(["--device", "cuda", "--epochs", "1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --device cuda: PyTorch sees no CUDA GPU; use --device cpu, or a CUDA build of torch"
+    )
+
+
 @pytest.mark.parametrize(("model_name", "config"), [("conv_ae", "conv_ae"), ("iwae", "iwae")])
 def test_torch_reference_models_have_jaxae_s_parameter_count(model_name, config, mnist_small):
     pytest.importorskip("torch")
