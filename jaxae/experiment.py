@@ -115,7 +115,8 @@ def _train_and_evaluate(
     if config.seeds > 1:
         prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
     tx = build_optimizer(config, steps_per_epoch=math.ceil(len(train_set) / config.batch_size))  # one for all seeds
-    runs = [SeedRun(model, tx, c, folder, train_set, test_set, mesh) for c, folder in seed_workdirs(config, workdir)]
+    folders = seed_workdirs(config, workdir)
+    runs = [SeedRun(model, tx, c, folder, train_set, test_set, mesh, started) for c, folder in folders]
     states = [run.start(resume=resume, overwrite=overwrite, fall_back=fall_back, log=log) for run in runs]
     start_epochs = {len(run.history) for run in runs}
     if len(start_epochs) > 1:
@@ -157,11 +158,11 @@ def _train_and_evaluate(
         kept_text = "no checkpoint was saved" if kept is None else f"the checkpoint of epoch {kept} is kept"
         raise train.TrainingDiverged(f"{error}; {kept_text} in {workdir}") from None
     else:
-        summaries = [run.finish(train.unstack(state, i) if stacked else state, started) for i, run in enumerate(runs)]
+        summaries = [run.finish(train.unstack(state, i) if stacked else state) for i, run in enumerate(runs)]
     finally:
         for run in runs:
             run.checkpoints.close()
-    return summaries[0] if not stacked else _seeds_summary(config, workdir, summaries, started)
+    return summaries[0] if not stacked else _seeds_summary(config, workdir, summaries)
 
 
 def _check_data(config: Config, images: np.ndarray, test_images: np.ndarray) -> None:
@@ -188,7 +189,7 @@ def _check_data(config: Config, images: np.ndarray, test_images: np.ndarray) -> 
         )
 
 
-def _seeds_summary(config: Config, workdir: Path, summaries: list[dict], started: float) -> dict:
+def _seeds_summary(config: Config, workdir: Path, summaries: list[dict]) -> dict:
     """``workdir/summary.json`` of a run of several seeds: mean and spread, and each seed's summary."""
     finals = np.array([s["test_loss"] for s in summaries])
     summary = {
@@ -197,7 +198,7 @@ def _seeds_summary(config: Config, workdir: Path, summaries: list[dict], started
         "test_loss_mean": float(finals.mean()),
         "test_loss_std": float(finals.std(ddof=1)),
         "per_seed": summaries,
-        "total_seconds": time.perf_counter() - started,
+        "total_seconds": max(s["total_seconds"] for s in summaries),
     }
     if parallel.is_primary():
         atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))

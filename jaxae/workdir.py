@@ -3,7 +3,8 @@
 Layout::
 
     workdir/config.json      the Config, as JSON
-    workdir/metrics.jsonl    one record per epoch (epoch, train_loss, test_loss, ..., epoch_seconds)
+    workdir/metrics.jsonl    one record per epoch (epoch, train_loss, test_loss, ..., epoch_seconds,
+                             elapsed_seconds: the run's wall time so far, over every call that trained it)
     workdir/checkpoints/     Orbax checkpoints: the last few and the best by test loss
     workdir/figures/         reconstructions_epoch_XX.png, loss.png, samples.png (VAE)
     workdir/summary.json     final figures: test loss, best epoch, seconds, device, host
@@ -195,11 +196,24 @@ class SeedRun:
     """The files of one seed's run: checkpoints, metrics, figures and summary in ``workdir``.
 
     Its keys come from ``jax.random.key(config.seed)``, split into the initialisation, the
-    training and the figures' keys, so a seed trains alike alone or beside others.
+    training and the figures' keys, so a seed trains alike alone or beside others. ``started``
+    is when this call began (``time.perf_counter()``); a resumed run's seconds add to those
+    its earlier calls saved.
     """
 
-    def __init__(self, model, tx, config: Config, workdir: Path, train_set: data.Dataset, test_set: data.Dataset, mesh):
+    def __init__(
+        self,
+        model,
+        tx,
+        config: Config,
+        workdir: Path,
+        train_set: data.Dataset,
+        test_set: data.Dataset,
+        mesh,
+        started: float,
+    ):
         self.model, self.tx, self.config, self.workdir, self.mesh = model, tx, config, workdir, mesh
+        self.started = started
         self.image_shape = train_set.images.shape[1:]
         self.root_key = jax.random.key(config.seed)
         self.init_key, self.train_key, sample_key = jax.random.split(self.root_key, 3)
@@ -229,7 +243,12 @@ class SeedRun:
         if parallel.is_primary():
             write_history(self.workdir / "metrics.jsonl", self.history)
         self.start_epoch = len(self.history)
+        self.earlier_seconds = _saved_seconds(self.history)
         return state
+
+    def elapsed_seconds(self) -> float:
+        """The run's wall time: its earlier calls' (up to their last saved epoch) and this one's."""
+        return self.earlier_seconds + time.perf_counter() - self.started
 
     def _restore_newest(self, template, *, fall_back: bool, log: Callable[[str], None]):
         """``(state, meta)`` of the latest checkpoint; with ``fall_back``, of the newest readable one."""
@@ -249,6 +268,7 @@ class SeedRun:
     def end_epoch(self, state: train.TrainState, record: dict) -> None:
         """Checkpoint, metrics and, at plot epochs, figures; the checkpoint first, so that
         the files never describe an epoch that was not saved."""
+        record = {**record, "elapsed_seconds": self.elapsed_seconds()}
         self.history.append(record)
         meta = {
             "epoch": record["epoch"],
@@ -272,7 +292,7 @@ class SeedRun:
         if not all(path.exists() for path in self.figures.epoch_files(epoch)):
             self.figures.epoch(jax.device_get(state.params), epoch, self.history)
 
-    def finish(self, state: train.TrainState, started: float) -> dict:
+    def finish(self, state: train.TrainState) -> dict:
         """Final figures and ``summary.json``. A call that trained no epoch (a finished run
         resumed) keeps the summary as it was: its machine and seconds are the training's."""
         if self.model.variational and parallel.is_primary():
@@ -291,7 +311,7 @@ class SeedRun:
             "best_epoch": self.checkpoints.best_epoch(),
             "best_test_loss": min((r["test_loss"] for r in self.history), default=None),
             "train_seconds": sum(r["epoch_seconds"] for r in self.history),
-            "total_seconds": time.perf_counter() - started,
+            "total_seconds": self.elapsed_seconds(),
             "num_params": sum(x.size for x in jax.tree.leaves(state.params)),
             "backend": jax.default_backend(),
             "device": jax.devices()[0].device_kind,
@@ -302,6 +322,14 @@ class SeedRun:
         if parallel.is_primary():
             atomic_write_text(self.workdir / "summary.json", json.dumps(summary, indent=2))
         return summary
+
+
+def _saved_seconds(history: list[dict]) -> float:
+    """Wall time of the calls that trained ``history``; its training seconds for records
+    written before they kept their elapsed time."""
+    if not history:
+        return 0.0
+    return history[-1].get("elapsed_seconds", sum(r["epoch_seconds"] for r in history))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -78,6 +78,12 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, slice_co
     expected = read_metrics(tmp_path / "straight")
     assert [r["epoch"] for r in lines] == [1, 2, 3]
     assert [r["test_loss"] for r in lines] == [r["test_loss"] for r in expected]
+    # Its wall time counts both calls: the second's seconds add to those the first saved.
+    finished = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert lines[2]["elapsed_seconds"] > lines[1]["elapsed_seconds"] + lines[2]["epoch_seconds"]
+    assert finished["total_seconds"] >= lines[2]["elapsed_seconds"]
+    assert finished["train_seconds"] == pytest.approx(sum(r["epoch_seconds"] for r in lines))
+    assert finished["total_seconds"] > finished["train_seconds"]
     # Resumed once finished, a run trains nothing and keeps its summary: the machine and
     # seconds stay those of its training, not of the call that found nothing to do.
     summary = (tmp_path / "resumed" / "summary.json").read_text()
