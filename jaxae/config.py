@@ -78,6 +78,8 @@ class Config:
     dataset: str = _field("mnist", "mnist, fashion_mnist or a TFDS image dataset")
     data_source: str = _field("auto", "where the data comes from: " + ", ".join(data.SOURCES))
     data_dir: str | None = _field(None, "IDX folder (idx source) or TFDS data folder (tfds source)")
+    train_images: int | None = _field(None, "train on only the first N training images; without it, on all")
+    test_images: int | None = _field(None, "evaluate on only the first N test images; without it, on all")
     eval_objectives: tuple[str, ...] = _field((), "more objectives to score the test set with each epoch, by name")
     eval_batch_size: int = _field(1000, "test images per evaluation batch")
     plot_epochs: tuple[int, ...] = _field((10, 19), "epochs whose reconstructions are drawn (the last always is)")
@@ -159,6 +161,9 @@ def validate(config: Config) -> None:
         data.normalize_name(config.dataset)
     except data.DataError as error:
         raise ConfigError(str(error).replace("unknown dataset", "unknown `dataset`"), field="dataset") from None
+    for name in ("train_images", "test_images"):
+        if (value := getattr(config, name)) is not None and value <= 0:
+            raise ConfigError(f"`{name}` must be positive, got {value}: leave it out for all", field=name)
     _one_of(config, "model", models.MODELS)
     if not config.widths or min(config.widths) <= 0:
         raise ConfigError(f"`widths` must be one or more positive integers, got {config.widths}", field="widths")
@@ -270,11 +275,23 @@ def load_data(config: Config) -> tuple[data.Dataset, data.Dataset]:
 
 
 def load_split(config: Config, split: str) -> data.Dataset:
-    """One split of the run's data, as :func:`load_data` gives it."""
+    """One split of the run's data, as :func:`load_data` gives it: with ``train_images`` or
+    ``test_images``, its first images (the test set binarized whole first, so that its first
+    images are the same whatever their number)."""
     dataset = data.load(config.dataset, split, config.data_source, config.data_dir)
     if split == "test" and config.binarize == "dynamic":
         dataset = dataclasses.replace(dataset, images=binarize_test_set(dataset.images))
-    return dataset
+    name = f"{split}_images"
+    keep = getattr(config, name)
+    if keep is None:
+        return dataset
+    if keep > len(dataset):
+        raise ConfigError(
+            f"`{name}` {keep} exceeds the {len(dataset)} {split} images of {config.dataset}: "
+            f"use {len(dataset)} or less, or leave it out for all",
+            field=name,
+        )
+    return dataclasses.replace(dataset, images=dataset.images[:keep], labels=dataset.labels[:keep])
 
 
 def binarize_test_set(images: np.ndarray) -> np.ndarray:

@@ -1,5 +1,7 @@
+import dataclasses
 import gzip
 import logging
+import math
 import os
 import pickle
 import shutil
@@ -11,7 +13,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxae import data
+from jaxae import data, experiment
+from jaxae.config import ConfigError, load_split
+from jaxae.workdir import restore_run
+from tests.test_checkpoint import read_metrics, restore_latest
 
 FASHION_DIR = data.KNOWN_IDX_DIRS["fashion_mnist"]
 
@@ -312,3 +317,21 @@ def test_an_unusable_cache_folder_warns_once_and_the_bundled_source_still_loads(
     ]
     assert fetched and all(not folder.is_relative_to(cache) for folder in fetched)
     assert cache.is_file() if unusable == "a_file" else not any(cache.iterdir())
+
+
+def test_a_run_trains_and_evaluates_on_the_first_images_it_is_given(tmp_path, slice_config):
+    whole = dataclasses.replace(slice_config, binarize="dynamic")
+    config = dataclasses.replace(whole, epochs=1, train_images=100, test_images=30)
+    experiment.train_and_evaluate(config, tmp_path / "run")
+    state, _ = restore_latest(tmp_path / "run")
+    assert int(state.step) == math.ceil(100 / config.batch_size)  # one epoch of 100 images, not of 512
+    run = restore_run(tmp_path / "run")
+    np.testing.assert_array_equal(run.train_set.images, load_split(whole, "train").images[:100])
+    # The test set is binarized whole, then cut: its first images do not depend on how many are kept.
+    np.testing.assert_array_equal(run.test_set.images, load_split(whole, "test").images[:30])
+    assert len(read_metrics(tmp_path / "run")) == 1
+    with pytest.raises(ConfigError, match="`test_images` 257 exceeds the 256 test images of mnist_slice"):
+        experiment.train_and_evaluate(dataclasses.replace(config, test_images=257), tmp_path / "too_many")
+    assert not (tmp_path / "too_many" / "checkpoints").exists()
+    with pytest.raises(ConfigError, match="`train_images` must be positive, got 0"):
+        experiment.train_and_evaluate(dataclasses.replace(config, train_images=0), tmp_path / "none")
