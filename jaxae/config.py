@@ -287,8 +287,8 @@ def load_split(config: Config, split: str) -> data.Dataset:
         return dataset
     if keep > len(dataset):
         raise ConfigError(
-            f"`{name}` {keep} exceeds the {len(dataset)} {split} images of {config.dataset}: "
-            f"use {len(dataset)} or less, or leave it out for all",
+            f"`{name}` {keep} exceeds the {len(dataset)} {'training' if split == 'train' else 'test'} images of "
+            f"{config.dataset}: use {len(dataset)} or less, or leave it out for all",
             field=name,
         )
     return dataclasses.replace(dataset, images=dataset.images[:keep], labels=dataset.labels[:keep])
