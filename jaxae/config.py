@@ -74,6 +74,11 @@ class Config:
     widths: tuple[int, ...] = _field((400,), "MLP hidden widths or conv channels, encoder order")
     upper_widths: tuple[int, ...] = _field((), "hvae: hidden widths between the first and a second stochastic layer")
     upper_latent_dim: int = _field(0, "hvae: units of a second stochastic layer (0: one layer)")
+    scale_output: str = _field(
+        "logvar",
+        "hvae: what its Gaussians' scale units give: logvar (sigma = exp(out / 2)) or log_sigma "
+        "(sigma = exp(out), Burda et al.'s code)",
+    )
     seed: int = _field(0, "seed of every random draw of the run")
     dataset: str = _field("mnist", "mnist, fashion_mnist or a TFDS image dataset")
     data_source: str = _field("auto", "where the data comes from: " + ", ".join(data.SOURCES))
@@ -130,6 +135,7 @@ RESUMABLE_FIELDS = frozenset(
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BINARIZATIONS = ("none", "dynamic")
+SCALE_OUTPUTS = ("logvar", "log_sigma")
 SEED_LIMIT = 2**32  # jax.random.key(seed) keeps 32 bits: seed 2^32 would train seed 0's model
 TEST_BINARIZATION_KEY = 2015  # one binarized test set shared by every run, whatever its seed
 
@@ -173,6 +179,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"`upper_latent_dim` needs `model` hvae, not {config.model}", field="upper_latent_dim")
     if config.upper_latent_dim < 0 or (config.upper_latent_dim and not config.upper_widths):
         raise ConfigError("`upper_latent_dim` needs `upper_widths`, and may not be negative", field="upper_latent_dim")
+    _one_of(config, "scale_output", SCALE_OUTPUTS)
+    if config.scale_output != "logvar" and config.model != "hvae":
+        raise ConfigError(f"`scale_output` {config.scale_output} needs `model` hvae", field="scale_output")
     if config.init_output_bias and config.model not in models.MLP_DECODERS:
         raise ConfigError(
             f"`init_output_bias` needs an MLP decoder ({', '.join(models.MLP_DECODERS)}), not {config.model}",
@@ -209,6 +218,8 @@ def build_model(config: Config, image_shape: tuple[int, int, int]):
     """The linen module a config describes, for images of ``image_shape`` (H, W, C)."""
     model_class = models.MODELS[config.model]
     upper = {"upper": ((tuple(config.upper_widths), config.upper_latent_dim),)} if config.upper_latent_dim else {}
+    if config.model == "hvae":
+        upper["scale_output"] = config.scale_output
     try:
         return model_class(
             image_shape=tuple(image_shape),
@@ -266,7 +277,10 @@ def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTrans
         config.learning_rate, steps_per_epoch=steps_per_epoch, **_options(config, config.schedule, schedule)
     )
     optimizer = optim.OPTIMIZERS[config.optimizer]
-    return optimizer(learning_rate, **_options(config, config.optimizer, optimizer))
+    options = _options(config, config.optimizer, optimizer)
+    if "batch_size" in inspect.signature(optimizer).parameters:  # the loss is the batch's mean
+        options["batch_size"] = config.batch_size
+    return optimizer(learning_rate, **options)
 
 
 def load_data(config: Config) -> tuple[data.Dataset, data.Dataset]:

@@ -355,11 +355,13 @@ class HierarchicalVAE(nn.Module):
     ``(widths_l, dim_l)`` of ``upper`` adds a layer: ``q(z_{l+1} | z_l)`` and
     ``p(z_l | z_{l+1})`` through ``widths_l``, with ``z_{l+1}`` of ``dim_l`` units; the top
     layer's prior is ``N(0, I)`` and ``p(x | z_1)`` is Bernoulli through ``widths``
-    reversed. One stochastic layer: 784-200-200-50 (``upper=()``); two:
-    ``upper=(((100, 100), 100),)``. ``encode`` and ``decode`` are the bottom layer's, so
-    codes, reconstructions and samples of ``z_1`` work as for :class:`VAE`; the upper
-    layers are :meth:`upper_posterior` and :meth:`upper_prior`, which the k-sample
-    objectives use (the closed-form ELBO holds for one layer only).
+    reversed. One stochastic layer: 784-200-200-50 (``upper=()``); two, the paper's:
+    ``latent_dim=100, upper=(((100, 100), 50),)``. Each Gaussian's scale units output a
+    log-variance, or with ``scale_output="log_sigma"`` a log standard deviation (the
+    code's). ``encode`` and ``decode`` are the bottom layer's, so codes, reconstructions
+    and samples of ``z_1`` work as for :class:`VAE`; the upper layers are
+    :meth:`upper_posterior` and :meth:`upper_prior`, which the k-sample objectives use
+    (the closed-form ELBO holds for one layer only).
     """
 
     variational: ClassVar[bool] = True
@@ -367,6 +369,7 @@ class HierarchicalVAE(nn.Module):
     widths: Sequence[int] = (200, 200)
     latent_dim: int = 50
     upper: Sequence[tuple[Sequence[int], int]] = ()
+    scale_output: str = "logvar"  # or "log_sigma": sigma = exp(output), as Burda et al.'s code
     dtype: jnp.dtype | None = None
 
     @property
@@ -392,7 +395,11 @@ class HierarchicalVAE(nn.Module):
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``q(z_1 | x)``: ``(N, H, W, C)`` -> (mean, logvar), each ``(N, latent_dim)``."""
         h = self.encoder(x.reshape(x.shape[0], -1))
-        return self.to_mean(h), self.to_logvar(h)
+        return self.to_mean(h), self._logvar(self.to_logvar(h))
+
+    def _logvar(self, output: jax.Array) -> jax.Array:
+        """A Gaussian layer's scale output as a log-variance."""
+        return 2 * output if self.scale_output == "log_sigma" else output
 
     def decode(self, z: jax.Array) -> jax.Array:
         """``p(x | z_1)``: ``(N, latent_dim)`` -> logits ``(N, H, W, C)``."""
@@ -401,12 +408,12 @@ class HierarchicalVAE(nn.Module):
     def upper_posterior(self, z: jax.Array, layer: int) -> tuple[jax.Array, jax.Array]:
         """``q(z_{layer+1} | z_layer)`` for ``layer = 1 .. depth-1``: (mean, logvar)."""
         h = self.q_hidden[layer - 1](z)
-        return self.q_mean[layer - 1](h), self.q_logvar[layer - 1](h)
+        return self.q_mean[layer - 1](h), self._logvar(self.q_logvar[layer - 1](h))
 
     def upper_prior(self, z: jax.Array, layer: int) -> tuple[jax.Array, jax.Array]:
         """``p(z_layer | z_{layer+1})`` for ``layer = 1 .. depth-1``: (mean, logvar)."""
         h = self.p_hidden[layer - 1](z)
-        return self.p_mean[layer - 1](h), self.p_logvar[layer - 1](h)
+        return self.p_mean[layer - 1](h), self._logvar(self.p_logvar[layer - 1](h))
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> AutoencoderOutput:
         out = variational_call(self, x, key)

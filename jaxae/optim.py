@@ -10,7 +10,8 @@ Two plain registries, each a dict from a name to a function:
 Options are keyword-only with defaults. A run's :class:`jaxae.config.Config` names both
 and carries their options as fields called ``<name>_<option>`` (``adam_eps``,
 ``stages_count``); a function registered from Python takes the options the Config has
-under its name and its own defaults for the rest::
+under its name and its own defaults for the rest. An optimizer that declares a keyword
+``batch_size`` also receives the run's batch size (the loss it sees is the batch's mean)::
 
     jaxae.optim.OPTIMIZERS["adamw"] = lambda learning_rate, *, weight_decay=1e-4: optax.adamw(
         learning_rate, weight_decay=weight_decay
@@ -20,7 +21,10 @@ under its name and its own defaults for the rest::
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -36,7 +40,65 @@ def sgd(learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.9) -> opta
     return optax.sgd(learning_rate, momentum=momentum or None)
 
 
-OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {"adam": adam, "sgd": sgd}
+class AdamIwaeState(NamedTuple):
+    """:func:`scale_by_adam_iwae`'s state: steps taken, first and second moments."""
+
+    count: jax.Array
+    mu: optax.Updates
+    nu: optax.Updates
+
+
+def scale_by_adam_iwae(
+    *, b1: float = 0.99, b2: float = 0.999, eps: float = 1e-4, batch_size: int = 20
+) -> optax.GradientTransformation:
+    """The Adam of Burda et al.'s published code (``optimizers.py`` of yburda/iwae), the rule
+    that produced the paper's Table 1, as a direction to be scaled by the learning rate.
+
+    Step ``t = 1, 2, ...`` with gradient ``g_t`` of the loss summed over the batch (the
+    gradient of the batch-mean loss times ``batch_size``):
+    ``direction_t = sqrt(1 - b2^t) / (1 - b1^t) * m_{t-1} / (sqrt(v_{t-1}) + eps)``, then
+    ``m_t = b1 m_{t-1} + (1 - b1) g_t`` and ``v_t = b2 v_{t-1} + (1 - b2) g_t^2``, from
+    ``m_0 = 0`` and ``v_0 = 1``. The code's Theano updates read every variable as it was
+    before the step, so a gradient moves the parameters from the next step on (the first
+    step moves nothing), and ``eps`` is added to the uncorrected ``sqrt(v)``.
+    """
+
+    def init(params: optax.Params) -> AdamIwaeState:
+        return AdamIwaeState(
+            count=jnp.zeros([], jnp.int32),
+            mu=jax.tree.map(jnp.zeros_like, params),
+            nu=jax.tree.map(jnp.ones_like, params),
+        )
+
+    def update(grads: optax.Updates, state: AdamIwaeState, params: optax.Params | None = None):
+        del params
+        step = (state.count + 1).astype(jnp.float32)
+        correction = jnp.sqrt(1 - b2**step) / (1 - b1**step)
+        direction = jax.tree.map(lambda m, v: correction * m / (jnp.sqrt(v) + eps), state.mu, state.nu)
+        summed = jax.tree.map(lambda g: g * batch_size, grads)
+        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, summed)
+        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, summed)
+        return direction, AdamIwaeState(optax.safe_increment(state.count), mu, nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def adam_iwae(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    b1: float = 0.99,
+    b2: float = 0.999,
+    eps: float = 1e-4,
+    batch_size: int = 20,
+) -> optax.GradientTransformation:
+    """Burda et al.'s code's Adam (:func:`scale_by_adam_iwae`) at ``learning_rate``: its
+    beta1 0.99, second moment from 1, epsilon 1e-4 on the loss summed over the batch."""
+    return optax.chain(
+        scale_by_adam_iwae(b1=b1, b2=b2, eps=eps, batch_size=batch_size), optax.scale_by_learning_rate(learning_rate)
+    )
+
+
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {"adam": adam, "adam_iwae": adam_iwae, "sgd": sgd}
 
 
 def constant(learning_rate: float, *, steps_per_epoch: int) -> optax.ScalarOrSchedule:

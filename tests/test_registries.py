@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from experiments import cli
@@ -244,3 +245,43 @@ def test_two_stochastic_layers_train_by_config_and_restore(slice_config, tmp_pat
         config.validate(dataclasses.replace(run, objective="elbo"))
     assert raised.value.field == "objective"
     assert config.objective_name(dataclasses.replace(run, objective=None)) == "vae_k"
+
+
+def theano_adam_steps(params: np.ndarray, summed_grad, steps: int, lr: float) -> np.ndarray:
+    """Burda et al.'s ``optimizers.Adam`` transcribed line by line, with Theano's update
+    semantics: every expression reads the shared variables as they were before the step.
+    ``summed_grad(params)`` is the gradient of the loss summed over the batch."""
+    b1, b2 = 0.99, 0.999
+    m, v, t = np.zeros_like(params), np.ones_like(params), 1.0
+    for _ in range(steps):
+        g = summed_grad(params)
+        alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+        new_params = params - alpha * m / (np.sqrt(v) + 1e-4)  # the code adds to the bound: minus for a loss
+        m, v, t = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * np.square(g), t + 1
+        params = new_params
+    return params
+
+
+def test_adam_iwae_steps_as_the_authors_code_does_on_the_loss_summed_over_the_batch():
+    batch = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+
+    def mean_loss(w):  # per image: 0.5 |w * x - 1|^2, averaged over the batch as jaxae's losses are
+        return jnp.mean(0.5 * jnp.sum(jnp.square(w * batch - 1.0), axis=1))
+
+    tx = config.build_optimizer(config.Config(optimizer="adam_iwae", batch_size=20), steps_per_epoch=10)
+    params = jnp.array([0.3, -0.2, 0.5])
+    state = tx.init(params)
+    first = None
+    for _ in range(6):
+        updates, state = tx.update(jax.grad(mean_loss)(params), state, params)
+        first = updates if first is None else first
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(np.asarray(first), 0.0)  # the first gradient moves the parameters one step late
+
+    def summed_grad(w):
+        return np.asarray(jax.grad(lambda w: 20 * mean_loss(w))(jnp.asarray(w, jnp.float32)), np.float64)
+
+    expected = theano_adam_steps(np.array([0.3, -0.2, 0.5]), summed_grad, steps=6, lr=1e-3)
+    np.testing.assert_allclose(np.asarray(params), expected, rtol=1e-5)
+    textbook = theano_adam_steps(np.array([0.3, -0.2, 0.5]), lambda w: summed_grad(w) / 20, steps=6, lr=1e-3)
+    assert not np.allclose(textbook, expected, rtol=1e-3)  # the batch sum is part of the rule (v starts at 1)
