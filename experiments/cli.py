@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -19,6 +20,7 @@ import signal
 import statistics
 import sys
 import threading
+import time
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -158,6 +160,12 @@ def build_parser(
         help="with --resume: set unreadable checkpoints aside and continue from the newest readable one",
     )
     parser.add_argument(
+        "--hours",
+        type=positive_hours,
+        help="stop cleanly after the first epoch that ends once this many hours have passed, print the "
+        "command that continues, and exit 0",
+    )
+    parser.add_argument(
         "--compilation-cache",
         default=default_compilation_cache(),
         help="keep compiled XLA programs here, so later runs skip compiling them; '' compiles afresh "
@@ -175,6 +183,17 @@ def build_parser(
         "--distributed", action="store_true", help="join a run that JAX detects (Cloud TPU pod slice, Slurm, Open MPI)"
     )
     return parser
+
+
+def positive_hours(text: str) -> float:
+    """--hours: a positive, finite number of hours."""
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = math.nan
+    if not (math.isfinite(hours) and hours > 0):
+        raise argparse.ArgumentTypeError(f"--hours must be a positive number of hours, not {text!r}")
+    return hours
 
 
 LAUNCH_FLAGS = ("coordinator_address", "num_processes", "process_id", "distributed")
@@ -280,26 +299,29 @@ class Progress:
 
 
 class Interrupted(Exception):
-    """The run was stopped by SIGINT (Ctrl-C) or SIGTERM (Colab, Slurm, preemption).
+    """The run was stopped by SIGINT (Ctrl-C) or SIGTERM (Colab, Slurm, preemption), or
+    once its --hours were spent.
 
     Attributes:
-        signum: the signal; the process exits with ``128 + signum``.
+        signum: the signal, and the process exits with ``128 + signum``; None when the
+            time budget ran out, and the process exits with 0.
         epoch: the last epoch saved when the run stopped after finishing it, or None when
             a second signal abandoned the epoch in progress.
     """
 
-    def __init__(self, signum: int, epoch: int | None = None):
-        super().__init__(signal.Signals(signum).name)
+    def __init__(self, signum: int | None, epoch: int | None = None):
+        super().__init__("time budget spent" if signum is None else signal.Signals(signum).name)
         self.signum, self.epoch = signum, epoch
 
 
 class Stopping:
     """The signals a run has received: the first asks it to stop after the epoch in
     progress is saved; a second stops it at once. ``check(record)`` raises Interrupted at
-    an epoch's end once a stop was asked for."""
+    an epoch's end once a stop was asked for, or once ``hours`` have passed since it began."""
 
-    def __init__(self, log: Callable[[str], None]):
+    def __init__(self, log: Callable[[str], None], hours: float | None = None):
         self.log, self.signum = log, None
+        self.deadline = None if hours is None else time.monotonic() + hours * 3600
 
     def handle(self, signum: int, frame) -> None:
         if self.signum is not None:
@@ -313,13 +335,15 @@ class Stopping:
     def check(self, record: dict) -> None:
         if self.signum is not None:
             raise Interrupted(self.signum, record["epoch"])
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise Interrupted(None, record["epoch"])
 
 
 @contextlib.contextmanager
-def stop_on_signals(log: Callable[[str], None]) -> Iterator[Stopping]:
+def stop_on_signals(log: Callable[[str], None], hours: float | None = None) -> Iterator[Stopping]:
     """Handles SIGINT and SIGTERM as :class:`Stopping` says while the block runs (in the
-    main thread; elsewhere signals keep their handlers)."""
-    stopping = Stopping(log)
+    main thread; elsewhere signals keep their handlers); stops after ``hours`` too."""
+    stopping = Stopping(log, hours)
     if threading.current_thread() is not threading.main_thread():
         yield stopping
         return
@@ -332,7 +356,8 @@ def stop_on_signals(log: Callable[[str], None]) -> Iterator[Stopping]:
 
 
 def report_interrupted(interrupted: Interrupted, argv: list[str]) -> int:
-    """One line: what was kept and the command that continues; returns ``128 + signum``."""
+    """One line: what was kept and the command that continues; returns ``128 + signum``,
+    or 0 when the run stopped because its --hours were spent (on stdout, as no fault)."""
     kept = (
         f"stopped after saving epoch {interrupted.epoch}"
         if interrupted.epoch is not None
@@ -340,8 +365,9 @@ def report_interrupted(interrupted: Interrupted, argv: list[str]) -> int:
     )
     command = [arg for arg in argv if arg != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
     prog = _prog() or f"python {Path(sys.argv[0]).name}"
-    print(f"{interrupted}: {kept}; continue with: {prog} {shlex.join(command)}", file=sys.stderr, flush=True)
-    return 128 + interrupted.signum
+    stream = sys.stdout if interrupted.signum is None else sys.stderr
+    print(f"{interrupted}: {kept}; continue with: {prog} {shlex.join(command)}", file=stream, flush=True)
+    return 0 if interrupted.signum is None else 128 + interrupted.signum
 
 
 def show_library_warnings() -> None:

@@ -56,7 +56,7 @@ def main(defaults: Config, description: str, argv: list[str] | None = None, use:
     show_library_warnings()
     args, config = parse_run(defaults, description, argv, use and use.name)
     workdir = args["workdir"]
-    with compilation_cache(args["compilation_cache"]), stop_on_signals(_say) as stopping:
+    with compilation_cache(args["compilation_cache"]), stop_on_signals(_say, args["hours"]) as stopping:
         try:
             return _run(config, workdir, {**args, "stopping": stopping}, use)
         except Interrupted as interrupted:
@@ -169,7 +169,7 @@ def main_study(defaults: Config, description: str, study: Study, argv: list[str]
     argv = sys.argv[1:] if argv is None else argv
     show_library_warnings()
     args, config = parse_study(defaults, description, study, argv)
-    with compilation_cache(args.compilation_cache), stop_on_signals(_say) as stopping:
+    with compilation_cache(args.compilation_cache), stop_on_signals(_say, args.hours) as stopping:
         args.stopping = stopping
         try:
             return _run_study(config, args, study)

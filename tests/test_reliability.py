@@ -362,3 +362,22 @@ def test_resume_after_a_kill_between_checkpoint_and_figures_redraws_them_and_cle
     experiment.train_and_evaluate(config, workdir, resume=True)
     assert {path.name for path in figures.iterdir()} == drawn
     assert not list(workdir.glob(".*.tmp")) and not list(figures.glob(".*.tmp"))
+
+
+def test_hours_stops_at_an_epoch_boundary_with_exit_0_and_the_command_that_continues(slice_config, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    argv = ["--workdir", str(workdir), "--epochs", "3", "--hours", "1e-9"]
+    assert harness.main(slice_config, "a run", argv) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("time budget spent"))
+    assert line.startswith("time budget spent: stopped after saving epoch 1; continue with: ")
+    assert [r["epoch"] for r in read_metrics(workdir)] == [1]
+    resume = shlex.split(line.split("continue with: ")[1])
+    resume = resume[resume.index("--workdir") :]
+    assert resume[-1] == "--resume" and "--hours" in resume
+    resume[resume.index("--hours") + 1] = "1"
+    assert harness.main(slice_config, "a run", resume) == 0
+    assert [r["epoch"] for r in read_metrics(workdir)] == [1, 2, 3]
+    with pytest.raises(SystemExit) as refused:
+        harness.main(slice_config, "a run", [*argv[:-1], "0"])
+    assert refused.value.code == 2 and "--hours must be a positive number of hours, not '0'" in capsys.readouterr().err
