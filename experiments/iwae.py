@@ -27,21 +27,23 @@ import argparse
 import dataclasses
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from experiments.cli import check_iw_samples, count
-from experiments.harness import Study, main_study
+from experiments.cli import BAD_INPUT, FAULTS, Parser, check_iw_samples, count, report
+from experiments.harness import Study, main_study, parse_study
 from jaxae import evaluate, losses
 from jaxae.config import Config, ConfigError
 from jaxae.files import atomic_write_text
 from jaxae.optim import stage_epochs
-from jaxae.workdir import RestoredRun, restore_run
+from jaxae.workdir import RestoredRun, restore_run, save_params, seed_workdirs
 
 BATCH_SIZE = 20
+# The setup of the authors' code, which produced the paper's Table 1: its Adam, sigma = exp(out).
 DEFAULTS = Config(
     model="hvae",
     widths=(200, 200),
@@ -49,10 +51,8 @@ DEFAULTS = Config(
     batch_size=BATCH_SIZE,
     binarize="dynamic",
     init_output_bias=True,
-    optimizer="adam",
-    adam_b1=0.9,
-    adam_b2=0.999,
-    adam_eps=1e-4 / BATCH_SIZE,
+    optimizer="adam_iwae",
+    scale_output="log_sigma",
     learning_rate=1e-3,
     schedule="stages",
     stages_growth=3,
@@ -61,7 +61,13 @@ DEFAULTS = Config(
     keep_checkpoints=1,
     eval_batch_size=200,  # 200 images x 50 draws: the logits of one batch stay in cache
 )
-UPPER = {1: {}, 2: {"upper_widths": (100, 100), "upper_latent_dim": 100}}
+# The paper's text: Adam with beta1 0.9 and epsilon 1e-4 on the batch's sum (5e-6 on its mean).
+TEXT_DEFAULTS = dataclasses.replace(
+    DEFAULTS, optimizer="adam", adam_b1=0.9, adam_b2=0.999, adam_eps=1e-4 / BATCH_SIZE, scale_output="logvar"
+)
+SETUPS = {"code": DEFAULTS, "text": TEXT_DEFAULTS}
+# z_1 of 50 units for one layer; for two, z_1 of 100 and z_2 of 50 on top (the code's latent_units).
+UPPER = {1: {}, 2: {"latent_dim": 100, "upper_widths": (100, 100), "upper_latent_dim": 50}}
 
 # Table 1 of Burda et al. (2015): test NLL in nats, k = 5000.
 PAPER = {
@@ -118,6 +124,13 @@ def parse_rows(names: list[str], estimator: str) -> list[Row]:
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--setup",
+        choices=SETUPS,
+        default="code",
+        help="code: the authors' code's Adam and sigma = exp(out), which made the paper's numbers; text: the "
+        "paper text's Adam (beta1 0.9) and a log-variance output (default: %(default)s)",
+    )
     parser.add_argument("--rows", nargs="+", default=["all"], help="rows to run by name, or all (default: all)")
     parser.add_argument(
         "--stages", type=int, default=PAPER_STAGES, help=f"stages of the schedule to run, 1..{PAPER_STAGES} "
@@ -128,6 +141,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--iw-samples", type=int, default=5000, help="importance samples per test image (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--measure-only",
+        action="store_true",
+        help="train nothing: measure each row's kept parameters (checkpoints or params.npz) again and set the "
+        "figures beside those in its table.json",
     )
 
 
@@ -151,27 +170,41 @@ def variants(config: Config, args: argparse.Namespace) -> dict[str, Config]:
     return runs
 
 
-def measure(run: RestoredRun, workdir: Path, samples: int) -> dict:
-    """The run's k-sample test NLL and active units; kept in ``table.json`` beside it and
-    measured again only when the run or ``samples`` changed."""
-    cache = workdir / "table.json"
-    if cache.exists():
-        kept = json.loads(cache.read_text())
-        if kept.get("epochs") == run.epoch and kept.get("iw_samples") == samples:
-            return kept
+def seed_folders(variant: Config, folder: Path) -> list[Path]:
+    """The folders of a row's seeds: the row's own for one seed, else its ``seed_<s>/``."""
+    return [path for _, path in seed_workdirs(variant, folder)]
+
+
+def measure_run(run: RestoredRun, samples: int) -> dict:
+    """One seed's k-sample test NLL (mean and standard error over the test images) and
+    active units, drawn with a key fixed by its seed, so that measuring again gives the same."""
     test = np.asarray(run.test_set.images, np.float32) / 255  # binarized once: 0 or 1
     key = jax.random.key(run.config.seed + 3)
     started = time.perf_counter()
     nll = evaluate.dataset_nll(run.model, run.params, test, key, samples=samples)
-    figures = {
+    return {
         "epochs": run.epoch,
         "iw_samples": samples,
         "test_nll": float(nll.mean()),
         "test_nll_stderr": float(nll.std(ddof=1) / np.sqrt(len(nll))),
         "nll_seconds": time.perf_counter() - started,
         "active_units": evaluate.active_units(run.model, run.params, test, key),
-        "train_seconds": json.loads((workdir / "summary.json").read_text())["train_seconds"],
     }
+
+
+def measure(folder: Path, samples: int) -> dict:
+    """One seed's figures (:func:`measure_run`) with its training seconds, kept in
+    ``table.json`` beside it (with its parameters in ``params.npz``) and measured again only
+    when the run or ``samples`` changed."""
+    cache = folder / "table.json"
+    run = restore_run(folder)
+    if cache.exists():
+        kept = json.loads(cache.read_text())
+        if kept.get("epochs") == run.epoch and kept.get("iw_samples") == samples:
+            return kept
+    figures = measure_run(run, samples)
+    figures["train_seconds"] = json.loads((folder / "summary.json").read_text())["train_seconds"]
+    save_params(run)
     atomic_write_text(cache, json.dumps(figures, indent=2))
     return figures
 
@@ -179,9 +212,9 @@ def measure(run: RestoredRun, workdir: Path, samples: int) -> dict:
 def analyse(variants: dict[str, Config], workdir: Path, args: argparse.Namespace) -> dict:
     rows = parse_rows(args.rows, args.estimator)
     measured = {}
-    for name in variants:
+    for name, variant in variants.items():
         print(f"iwae: measuring {name} (k = {args.iw_samples})", flush=True)
-        measured[name] = measure(restore_run(workdir / name), workdir / name, args.iw_samples)
+        measured[name] = [measure(folder, args.iw_samples) for folder in seed_folders(variant, workdir / name)]
     table = [table_row(row, measured[row.run_name], args.stages) for row in rows]
     results = {"stages": args.stages, "epochs": stage_epochs(args.stages), "iw_samples": args.iw_samples}
     results |= {"rows": table, "claims": claims({row["row"]: row for row in table})}
@@ -190,18 +223,50 @@ def analyse(variants: dict[str, Config], workdir: Path, args: argparse.Namespace
     return results
 
 
-def table_row(row: Row, figures: dict, stages: int) -> dict:
+def remeasure(config: Config, args: argparse.Namespace) -> int:
+    """--measure-only: each row's seeds measured again from their kept parameters, printed
+    beside the figures their ``table.json`` holds; returns the exit code."""
+    workdir = Path(args.workdir)
+    for name, variant in variants(config, args).items():
+        for folder in seed_folders(variant, workdir / name):
+            run = restore_run(folder)
+            source = "checkpoint" if (folder / "checkpoints").exists() else "params.npz"
+            fresh = measure_run(run, args.iw_samples)
+            kept = json.loads((folder / "table.json").read_text()) if (folder / "table.json").exists() else {}
+            said = (
+                f"table.json: {kept['test_nll']:.2f}, units {kept['active_units']}, k = {kept['iw_samples']}"
+                if "test_nll" in kept
+                else "no table.json"
+            )
+            print(
+                f"iwae: {folder}: epoch {run.epoch} from its {source}: test NLL {fresh['test_nll']:.2f} "
+                f"± {fresh['test_nll_stderr']:.2f}, active units {fresh['active_units']} "
+                f"(k = {args.iw_samples}, {fresh['nll_seconds']:.0f} s); {said}",
+                flush=True,
+            )
+    return 0
+
+
+def table_row(row: Row, seeds: list[dict], stages: int) -> dict:
+    """A row of the table from its seeds' figures: the mean NLL over seeds, the test images'
+    standard error, and with several seeds the spread (sample sd) of NLL and active units."""
     paper = PAPER.get(row.paper_name)
+    nll = float(np.mean([figures["test_nll"] for figures in seeds]))
+    units = np.array([figures["active_units"] for figures in seeds], float)  # (seeds, layers)
+    several = len(seeds) > 1
     return {
         "row": row.name,
         "paper_nll": paper,
-        "nll": round(figures["test_nll"], 2),
-        "nll_stderr": round(figures["test_nll_stderr"], 2),
-        "difference": None if paper is None else round(figures["test_nll"] - paper, 2),
-        "active_units": figures["active_units"],
-        "budget": f"{stages}/{PAPER_STAGES} stages, {count(figures['epochs'], 'epoch')}",
-        "train_seconds": round(figures["train_seconds"]),
-        "nll_seconds": round(figures["nll_seconds"]),
+        "nll": round(nll, 2),
+        "nll_stderr": round(max(figures["test_nll_stderr"] for figures in seeds), 2),
+        "seeds": len(seeds),
+        "nll_seed_sd": round(float(np.std([f["test_nll"] for f in seeds], ddof=1)), 2) if several else None,
+        "difference": None if paper is None else round(nll - paper, 2),
+        "active_units": [round(float(u), 1) if several else int(u) for u in units.mean(axis=0)],
+        "active_units_seed_sd": [round(float(sd), 1) for sd in units.std(axis=0, ddof=1)] if several else None,
+        "budget": f"{stages}/{PAPER_STAGES} stages, {count(seeds[0]['epochs'], 'epoch')}",
+        "train_seconds": round(float(np.mean([figures["train_seconds"] for figures in seeds]))),
+        "nll_seconds": round(float(np.mean([figures["nll_seconds"] for figures in seeds]))),
     }
 
 
@@ -210,18 +275,21 @@ def claims(rows: dict[str, dict]) -> dict[str, dict]:
 
     Each verdict has ``margin``, how far the numbers go the claimed way (nats, or units),
     and ``holds``: True beyond ``noise``, False beyond it the other way, None when the
-    margin is within it or a row is missing. For NLLs ``noise`` is the largest standard
-    error (over test images) of the rows compared: conservative, as the rows share their
-    test images; active units are counts, with no noise.
+    margin is within it or a row is missing. For NLLs ``noise`` is the largest, over the
+    rows compared, of their test images' standard error and their spread over seeds (sd):
+    conservative, as the rows share their test images. Active units are counts: their
+    noise is their spread over seeds, 0 for rows of one seed.
     """
     nll = {name: row["nll"] for name, row in rows.items()}
-    stderr = {name: row.get("nll_stderr", 0.0) for name, row in rows.items()}
+    stderr = {name: max(row.get("nll_stderr", 0.0), row.get("nll_seed_sd") or 0.0) for name, row in rows.items()}
     units = {name: row["active_units"][0] for name, row in rows.items()}
+    units_sd = {name: (row.get("active_units_seed_sd") or [0.0])[0] for name, row in rows.items()}
     verdicts = {}
 
     def judge(claim: str, needed: list[str], margin, *, counts: bool = False) -> None:
         present = all(name in nll for name in needed)
-        noise = 0.0 if counts or not present else max(stderr[name] for name in needed)
+        spread = units_sd if counts else stderr
+        noise = max(spread[name] for name in needed) if present else 0.0
         value = margin() if present else None
         holds = None if value is None or abs(value) <= noise else value > 0
         verdicts[claim] = {"holds": holds, "margin": value, "noise": noise}
@@ -262,17 +330,23 @@ def markdown(results: dict) -> str:
     """The table (and the claims' verdicts) as Markdown, as the README shows them."""
     lines = [
         f"Test NLL (nats, k = {results['iw_samples']}), {results['stages']} of {PAPER_STAGES} stages "
-        f"({count(results['epochs'], 'epoch')} of {stage_epochs(PAPER_STAGES)}):",
+        f"({count(results['epochs'], 'epoch')} of {stage_epochs(PAPER_STAGES)}); the paper's column is "
+        f"k = 5000 after all {stage_epochs(PAPER_STAGES)} epochs. jaxae's NLL is the mean over the seeds run; "
+        "± is the test images' standard error, sd the spread over seeds; active units (variance of the "
+        "posterior mean above 0.01) per stochastic layer, mean over seeds:",
         "",
-        "| row | paper | jaxae | ± | difference | active units | train s | NLL s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| row | paper | jaxae | ± | seeds | sd | difference | active units | train s | NLL s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in results["rows"]:
         paper = "" if row["paper_nll"] is None else f"{row['paper_nll']:.2f}"
         difference = "" if row["difference"] is None else f"{row['difference']:+.2f}"
+        seeds = row.get("seeds", 1)
+        spread = "" if row.get("nll_seed_sd") is None else f"{row['nll_seed_sd']:.2f}"
         lines.append(
-            f"| {row['row']} | {paper} | {row['nll']:.2f} | {row['nll_stderr']:.2f} | {difference} | "
-            f"{'+'.join(map(str, row['active_units']))} | {row['train_seconds']} | {row['nll_seconds']} |"
+            f"| {row['row']} | {paper} | {row['nll']:.2f} | {row['nll_stderr']:.2f} | {seeds} | {spread} | "
+            f"{difference} | {'+'.join(map(str, row['active_units']))} | {row['train_seconds']} | "
+            f"{row['nll_seconds']} |"
         )
     lines += ["", "| claim | holds | margin | on |", "| --- | --- | --- | --- |"]
     for claim, verdict in results["claims"].items():
@@ -290,9 +364,30 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-FIXED = ("model", "seeds", "widths", "latent_dim", "upper_widths", "upper_latent_dim", "binarize", "epochs")
+FIXED = ("model", "widths", "latent_dim", "upper_widths", "upper_latent_dim", "binarize", "epochs")
 FIXED += ("objective", "objective_samples", "objective_estimator", "stages_count", "batch_size", "init_output_bias")
 STUDY = Study("iwae", variants, analyse, add_flags, fixed=FIXED)
 
+
+def defaults(argv: list[str]) -> Config:
+    """The Config that the command's flags start from: its --setup's."""
+    setup = Parser(add_help=False)
+    setup.add_argument("--setup", choices=SETUPS, default="code")
+    return SETUPS[setup.parse_known_args(argv)[0].setup]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The table, trained and measured; or with --measure-only, measured again."""
+    argv = sys.argv[1:] if argv is None else argv
+    defaults_ = defaults(argv)
+    args, config = parse_study(defaults_, __doc__, STUDY, argv)
+    if not args.measure_only:
+        return main_study(defaults_, __doc__, STUDY, argv)
+    try:
+        return remeasure(config, args)
+    except BAD_INPUT + FAULTS as error:
+        return report(error)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main_study(DEFAULTS, __doc__, STUDY))
+    raise SystemExit(main())

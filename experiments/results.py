@@ -148,7 +148,8 @@ def command_config(command: str, variant: str | None = None) -> Config:
     module = importlib.import_module(module_name)
     if not hasattr(module, "STUDY"):
         return parse_run(module.DEFAULTS, module.__doc__, argv)[1]
-    args, config = parse_study(module.DEFAULTS, module.__doc__, module.STUDY, argv)
+    defaults = module.defaults(argv) if hasattr(module, "defaults") else module.DEFAULTS  # iwae's --setup
+    args, config = parse_study(defaults, module.__doc__, module.STUDY, argv)
     return module.STUDY.variants(config, args)[variant]
 
 

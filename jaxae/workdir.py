@@ -8,6 +8,8 @@ Layout::
     workdir/checkpoints/     Orbax checkpoints: the last few and the best by test loss
     workdir/figures/         reconstructions_epoch_XX.png, loss.png, samples.png (VAE)
     workdir/summary.json     final figures: test loss, best epoch, seconds, device, host
+    workdir/params.npz       optional: one epoch's parameters alone (:func:`save_params`), which
+                             :func:`restore_run` reads when the run keeps no checkpoints
 
 A run of several seeds writes ``config.json`` and ``summary.json`` at the top and one such
 folder per seed, ``seed_<s>/``. :func:`restore_run` reads any of them back.
@@ -28,14 +30,17 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
+import numpy as np
+from flax import traverse_util
 
 from jaxae import data, models, parallel, train
 from jaxae.checkpoint import CheckpointError, Checkpoints
 from jaxae.config import RESUMABLE_FIELDS, Config, ConfigError, build_model, load_split
 from jaxae.epoch_figures import RunFigures
-from jaxae.files import WriteError, atomic_write_text, remove_temporaries
+from jaxae.files import WriteError, atomic_write, atomic_write_text, remove_temporaries
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json")
+PARAMS_FILE = "params.npz"
 RUN_FOLDERS = ("checkpoints", "figures")
 LOCK_FILE = ".lock"
 
@@ -417,8 +422,27 @@ def restore_run(workdir: str | Path, epoch: int | None = None) -> RestoredRun:
     return RestoredRun(config, model, params, found_epoch, workdir, tuple(c.seed for c, _ in folders))
 
 
+def save_params(run: RestoredRun) -> Path:
+    """Writes ``run.workdir/params.npz``: its parameters alone (float32, one array per path
+    such as ``params/encoder/Dense_0/kernel``) with their epoch and image shape, about 1.7 MB
+    for Burda et al.'s 1-layer model. :func:`restore_run` reads it when the run keeps no
+    ``checkpoints/``, so a run can be kept, shared and measured again without them."""
+    if len(run.seeds) > 1:
+        raise ConfigError(f"{run.workdir} holds {len(run.seeds)} seeds: save each seed_<s> folder's parameters")
+    arrays = {
+        "/".join(path): np.asarray(leaf, np.float32) for path, leaf in traverse_util.flatten_dict(run.params).items()
+    }
+    arrays |= {"epoch": np.asarray(run.epoch), "image_shape": np.asarray(run.model.image_shape)}
+    path = run.workdir / PARAMS_FILE
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    return path
+
+
 def _restore_params(config: Config, workdir: Path, epoch: int | None) -> tuple[nn.Module, dict, int]:
-    """The model of one seed's run and its parameters, restored without optimizer state."""
+    """The model of one seed's run and its parameters, restored without optimizer state:
+    from its checkpoints, or from ``params.npz`` when it keeps none."""
+    if not (workdir / "checkpoints").exists() and (workdir / PARAMS_FILE).exists():
+        return _read_params(config, workdir / PARAMS_FILE, epoch)
     with Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints) as checkpoints:
         epoch = checkpoints.latest_epoch() if epoch is None else epoch
         if epoch is None:
@@ -428,6 +452,26 @@ def _restore_params(config: Config, workdir: Path, epoch: int | None) -> tuple[n
         template = jax.eval_shape(lambda: train.init_params(model, image_shape, jax.random.key(0)))
         params, _ = checkpoints.restore_params(template, epoch)
     return model, jax.device_get(params), epoch
+
+
+def _read_params(config: Config, path: Path, epoch: int | None) -> tuple[nn.Module, dict, int]:
+    """The model and parameters of a ``params.npz``, checked against the model's own shapes."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = {name: saved[name] for name in saved.files}
+        saved_epoch, image_shape = int(arrays.pop("epoch")), tuple(int(n) for n in arrays.pop("image_shape"))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{path} is not a readable parameter file ({error}): save it again") from None
+    if epoch is not None and epoch != saved_epoch:
+        raise ConfigError(f"{path} holds epoch {saved_epoch}, not {epoch}: leave `epoch` out")
+    model = build_model(config, image_shape)
+    template = jax.eval_shape(lambda: train.init_params(model, image_shape, jax.random.key(0)))
+    expected = {"/".join(p): leaf.shape for p, leaf in traverse_util.flatten_dict(template).items()}
+    found = {name: array.shape for name, array in arrays.items()}
+    if found != expected:
+        raise CheckpointError(f"{path} does not hold the parameters of the run's model {config.model}: save it again")
+    params = traverse_util.unflatten_dict({tuple(name.split("/")): array for name, array in arrays.items()})
+    return model, params, saved_epoch
 
 
 def _image_shape(config: Config, checkpoints: Checkpoints, epoch: int) -> tuple[int, int, int]:

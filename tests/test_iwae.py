@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxae import config, evaluate, losses, models
+from jaxae import config, evaluate, losses, models, train
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +221,8 @@ def test_iwae_command_trains_rows_resumes_to_more_stages_and_measures_once(mnist
     assert code == 0, err[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["iwae-1l-k1"]  # one objective at k = 1
     run = json.loads((tmp_path / "iwae-1l-k1" / "config.json").read_text())
-    assert (run["widths"], run["latent_dim"], run["batch_size"], run["adam_eps"]) == ([200, 200], 50, 20, 5e-6)
+    assert (run["widths"], run["latent_dim"], run["batch_size"]) == ([200, 200], 50, 20)
+    assert (run["optimizer"], run["scale_output"]) == ("adam_iwae", "log_sigma")  # the authors' code's setup
     assert run["init_output_bias"] and run["epochs"] == 1 and run["binarize"] == "dynamic"
     table = json.loads((tmp_path / "summary.json").read_text())["iwae"]
     vae, iwae = table["rows"]
@@ -298,5 +299,77 @@ def test_iwae_rows_name_their_objective_samples_estimator_and_layers():
     dreg, vae = runs["iwae-1l-k3-dreg"], runs["vae-2l-k50-stl"]
     assert (dreg.objective, dreg.objective_samples, dreg.objective_estimator) == ("iwae", 3, "dreg")
     assert (vae.objective, vae.objective_samples, vae.objective_estimator) == ("vae_k", 50, "stl")
-    assert (vae.upper_widths, vae.upper_latent_dim, dreg.upper_latent_dim) == ((100, 100), 100, 0)
+    assert (vae.latent_dim, vae.upper_widths, vae.upper_latent_dim) == (100, (100, 100), 50)
+    assert (dreg.latent_dim, dreg.upper_latent_dim) == (50, 0)
     assert dreg.epochs == 4 and dreg.stages_count == 2 and runs["iwae-2l-k1-stl"].objective == "iwae"
+
+
+def test_a_two_layer_row_has_the_papers_layer_sizes():
+    """Burda et al.'s code, ``latent_units=[100, 50]``: q 784-200-200-(100) then 100-100-(50);
+    p 50-100-100-(100) then 100-200-200-784; each Gaussian a mean and a scale layer."""
+    import argparse
+
+    from experiments import iwae
+
+    args = argparse.Namespace(rows=["iwae-2l-k5"], estimator="plain", stages=1, iw_samples=5000)
+    row = iwae.variants(iwae.DEFAULTS, args)["iwae-2l-k5"]
+    model = config.build_model(row, (28, 28, 1))
+    params = train.init_params(model, (28, 28, 1), jax.random.key(0))
+    kernels = sorted(leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(params) if "kernel" in str(path))
+
+    def chain(units):  # the code's random_linear_then_tanh_chain
+        return list(zip(units, units[1:], strict=False))
+
+    gaussian = [(200, 100), (200, 100), (100, 50), (100, 50), (100, 100), (100, 100)]  # mean and sigma of each
+    expected = chain([784, 200, 200]) + chain([100, 100, 100]) + chain([50, 100, 100])
+    expected += chain([100, 200, 200, 784]) + gaussian
+    assert kernels == sorted(expected)
+    assert model.scale_output == "log_sigma"
+
+
+def test_log_sigma_outputs_twice_the_log_variance_of_the_same_weights():
+    plain = models.HierarchicalVAE(image_shape=(4, 4, 1), widths=(8,), latent_dim=3, upper=(((6,), 2),))
+    code = plain.clone(scale_output="log_sigma")
+    params = train.init_params(plain, (4, 4, 1), jax.random.key(1))
+    x = jax.random.uniform(jax.random.key(2), (5, 4, 4, 1))
+    z = jax.random.normal(jax.random.key(3), (5, 3))
+    for method, args in ((plain.encode, (x,)), (plain.upper_posterior, (z, 1))):
+        mean, logvar = plain.apply(params, *args, method=method)
+        mean_code, logvar_code = code.apply(params, *args, method=getattr(code, method.__name__))
+        np.testing.assert_array_equal(mean, mean_code)
+        np.testing.assert_allclose(logvar_code, 2 * logvar, rtol=1e-6)
+    with pytest.raises(config.ConfigError, match="`scale_output` log_sigma needs `model` hvae"):
+        config.validate(config.Config(model="vae", scale_output="log_sigma"))
+
+
+@pytest.mark.slow
+def test_iwae_rows_over_seeds_keep_their_parameters_and_measure_again_from_them(mnist_slice_dir, tmp_path, capsys):
+    import json
+    import shutil
+
+    from experiments import iwae
+    from jaxae.workdir import restore_run
+
+    flags = ["--workdir", str(tmp_path), "--dataset", "mnist_slice", "--data-source", "idx"]
+    flags += ["--data-dir", str(mnist_slice_dir), "--rows", "iwae-1l-k1", "--stages", "1", "--iw-samples", "20"]
+    assert iwae.main([*flags, "--seeds", "2"]) == 0, capsys.readouterr().err[-3000:]
+    seeds = [tmp_path / "iwae-1l-k1" / f"seed_{s}" for s in (0, 1)]
+    kept = [json.loads((folder / "table.json").read_text()) for folder in seeds]
+    row = json.loads((tmp_path / "summary.json").read_text())["iwae"]["rows"][0]
+    assert row["seeds"] == 2 and kept[0]["test_nll"] != kept[1]["test_nll"]
+    assert row["nll"] == round((kept[0]["test_nll"] + kept[1]["test_nll"]) / 2, 2)
+    assert row["nll_seed_sd"] == round(abs(kept[0]["test_nll"] - kept[1]["test_nll"]) / 2**0.5, 2)
+    assert "| iwae-1l-k1 | 86.76 |" in capsys.readouterr().out
+
+    trained = [restore_run(folder).params for folder in seeds]
+    for folder in seeds:
+        shutil.rmtree(folder / "checkpoints")
+    assert iwae.main([*flags, "--seeds", "2", "--measure-only"]) == 0
+    out = capsys.readouterr().out
+    for folder, figures, params in zip(seeds, kept, trained, strict=True):
+        restored = restore_run(folder)
+        jax.tree.map(np.testing.assert_array_equal, restored.params, params)
+        line = next(line for line in out.splitlines() if str(folder) in line)
+        assert "from its params.npz" in line and f"test NLL {figures['test_nll']:.2f}" in line
+        assert f"table.json: {figures['test_nll']:.2f}" in line
+    assert not any((folder / "checkpoints").exists() for folder in seeds)  # nothing was trained
