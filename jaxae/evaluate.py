@@ -1,6 +1,8 @@
 """Measurements of trained models: reconstructions, codes and PSNR over whole datasets.
 
-Every function takes float images in [0, 1] ``(N, H, W, C)`` and works in batches, so a
+Every function takes images ``(N, H, W, C)`` as the datasets hold them, uint8 in 0..255
+(converted as training converts them, ``x / 255``), or as floats in [0, 1]; any other
+images are refused with a ValueError (:func:`as_images`). Each works in batches, so a
 whole test set fits in memory whatever the model. Each compiles once per model and batch
 shape, however often it is called: its jitted program is kept per model, and parameters
 and data are arguments, never constants baked into the program.
@@ -20,11 +22,35 @@ import numpy as np
 from jaxae import losses
 
 
-def psnr(estimate: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Peak signal-to-noise ratio in dB for images in [0, 1]: ``(N, ...)`` pairs -> ``(N,)``.
+def as_images(x, name: str = "images"):
+    """Images as the models read them: uint8 ``x / 255`` as float32, floats in [0, 1] as
+    they are (a traced array inside ``jax.jit`` is not range-checked).
 
-    ``10 log10(1 / MSE)`` per image; identical images give ``inf``.
+    Raises:
+        ValueError: floats outside [0, 1] or not finite, or another dtype; the message
+            names ``name`` and the fix.
     """
+    dtype = np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
+    if dtype == np.uint8:
+        return x.astype(jnp.float32) / 255.0 if isinstance(x, jax.Array) else np.asarray(x, np.float32) / 255.0
+    if not np.issubdtype(dtype, np.floating):
+        raise ValueError(f"{name} must be uint8 (0..255) or floats in [0, 1], not {dtype}: convert them to one")
+    if not isinstance(x, jax.core.Tracer) and np.size(x):
+        low, high = float(np.min(x)), float(np.max(x))
+        if not (0.0 <= low and high <= 1.0):  # also refuses NaN
+            raise ValueError(
+                f"{name} are floats in [{low:g}, {high:g}], not in [0, 1]: pass uint8 images, or floats divided by 255"
+            )
+    return x
+
+
+def psnr(estimate: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Peak signal-to-noise ratio in dB: image pairs ``(N, ...)`` -> ``(N,)``.
+
+    ``10 log10(1 / MSE)`` per image on [0, 1] (uint8 images are divided by 255); identical
+    images give ``inf``.
+    """
+    estimate, target = as_images(estimate, "estimates"), as_images(target, "targets")
     error = np.asarray(estimate, np.float64) - np.asarray(target, np.float64)
     mse = np.mean(error.reshape(len(error), -1) ** 2, axis=1)
     with np.errstate(divide="ignore"):
@@ -61,12 +87,12 @@ def _decoding(model: nn.Module) -> Callable:
 
 def reconstruct(model: nn.Module, params, x: np.ndarray) -> np.ndarray:
     """Pixel means ``sigmoid(decode(encode(x)))`` ``(N, H, W, C)``; a VAE decodes its posterior mean."""
-    return batched(_reconstruction(model), params, x)
+    return batched(_reconstruction(model), params, as_images(x))
 
 
 def encode(model: nn.Module, params, x: np.ndarray) -> np.ndarray:
     """Codes ``(N, latent_dim)``: ``z`` for autoencoders, the posterior mean for a VAE."""
-    return batched(_code(model), params, x)
+    return batched(_code(model), params, as_images(x))
 
 
 def decode(model: nn.Module, params, z: np.ndarray) -> np.ndarray:
@@ -77,7 +103,7 @@ def decode(model: nn.Module, params, z: np.ndarray) -> np.ndarray:
 def objective_values(model: nn.Module, objective, params, x: np.ndarray, key: jax.Array) -> np.ndarray:
     """``objective``'s per-example loss ``(N,)`` on images ``x`` (inputs and targets), batch ``b``
     drawing with ``fold_in(key, b)``: for example the one-sample ``-ELBO`` of a test set."""
-    return _batched_with_keys(_objective_values(model, objective), params, x, key, 1000)
+    return _batched_with_keys(_objective_values(model, objective), params, as_images(x), key, 1000)
 
 
 def _batched_with_keys(fn: Callable, params, x: np.ndarray, key: jax.Array, batch_size: int) -> np.ndarray:
@@ -124,6 +150,7 @@ def importance_weighted_nll(
     """
     check_samples(samples, chunk)
     chunk = min(chunk, samples)
+    x = as_images(x)
 
     def body(total: jax.Array, chunk_key: jax.Array):
         log_w, _ = losses.log_weights(model, params, x, x, chunk_key, samples=chunk, estimator="plain")
@@ -143,7 +170,12 @@ def dataset_nll(
     batch_size: int = 100,
     chunk: int = NLL_CHUNK,
 ) -> np.ndarray:
-    """:func:`importance_weighted_nll` of every image ``(N,)``; batch ``b`` draws with ``fold_in(key, b)``."""
+    """:func:`importance_weighted_nll` of every image ``(N,)``; batch ``b`` draws with ``fold_in(key, b)``.
+
+    For a number comparable with Burda et al.'s, ``images`` are binarized once, as every
+    jaxae run's test set is: ``jaxae.config.binarize_test_set(test.images)``.
+    """
+    images = as_images(images)
     return _batched_with_keys(_dataset_nll(model, samples, chunk), params, images, key, batch_size)
 
 
@@ -160,6 +192,7 @@ def active_units(model: nn.Module, params, x: np.ndarray, key: jax.Array, *, thr
     ``z_{l-1}`` (from ``key``), as the paper's code measures it.
     """
     means = _posterior_means(model)
+    x = as_images(x)
     batches = [means(params, jnp.asarray(x[start : start + 1000]), key) for start in range(0, len(x), 1000)]
     per_layer = [np.concatenate([np.asarray(batch[layer]) for batch in batches]) for layer in range(len(batches[0]))]
     return [int(np.sum(np.var(mean, axis=0) > threshold)) for mean in per_layer]
@@ -188,16 +221,16 @@ class PCA:
 
     @classmethod
     def fit(cls, x: np.ndarray, dim: int) -> PCA:
-        """The top ``dim`` components of ``x (N, ...)``, flattened per example."""
-        flat = np.asarray(x, np.float64).reshape(len(x), -1)
+        """The top ``dim`` components of images ``x (N, ...)``, flattened per example."""
+        flat = np.asarray(as_images(x), np.float64).reshape(len(x), -1)
         mean = flat.mean(0)
         covariance = np.cov(flat - mean, rowvar=False)
         _, vectors = np.linalg.eigh(covariance)  # ascending eigenvalues
         return cls(mean.astype(np.float32), vectors[:, ::-1][:, :dim].T.astype(np.float32))
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        """``(N, ...)`` -> codes ``(N, dim)``."""
-        return (np.asarray(x, np.float32).reshape(len(x), -1) - self.mean) @ self.components.T
+        """Images ``(N, ...)`` -> codes ``(N, dim)``."""
+        return (np.asarray(as_images(x), np.float32).reshape(len(x), -1) - self.mean) @ self.components.T
 
     def decode(self, z: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """Codes ``(N, dim)`` -> images ``(N, *shape)``, clipped to [0, 1]."""

@@ -102,3 +102,41 @@ def test_dynamic_binarization_binarizes_the_test_set_once(slice_config):
     with pytest.raises(config_.ConfigError, match="`binarize`") as raised:
         config_.validate(dataclasses.replace(slice_config, binarize="static"))
     assert raised.value.field == "binarize"
+
+
+def _every_measurement(model, params, key):
+    """Each public measurement of jaxae.evaluate on images ``x``, as a function of ``x``."""
+    objective = losses.OBJECTIVES["elbo"]
+    return {
+        "reconstruct": lambda x: evaluate.reconstruct(model, params, x),
+        "encode": lambda x: evaluate.encode(model, params, x),
+        "objective_values": lambda x: evaluate.objective_values(model, objective, params, x, key),
+        "importance_weighted_nll": lambda x: evaluate.importance_weighted_nll(model, params, x, key, samples=4),
+        "dataset_nll": lambda x: evaluate.dataset_nll(model, params, x, key, samples=4),
+        "active_units": lambda x: np.asarray(evaluate.active_units(model, params, x, key)),
+        "psnr": lambda x: evaluate.psnr(x[::-1], x),
+        "PCA": lambda x: evaluate.PCA.fit(x, 3).encode(x),
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["reconstruct", "encode", "objective_values", "importance_weighted_nll", "dataset_nll", "active_units"]
+    + ["psnr", "PCA"],
+)
+def test_every_measurement_reads_uint8_as_training_does_and_refuses_floats_out_of_range(
+    vae_and_images, mnist_test, name
+):
+    model, params, _ = vae_and_images
+    measure = _every_measurement(model, params, jax.random.key(5))[name]
+    raw = mnist_test.images[:40]  # uint8, as datasets and restore_run's test_set hold them
+    from_uint8 = np.asarray(measure(raw))
+    from_float = np.asarray(measure(np.asarray(raw, np.float32) / 255))
+    assert np.all(np.isfinite(from_uint8[np.isfinite(from_float)])) and not np.isnan(from_uint8).any()
+    np.testing.assert_allclose(from_uint8, from_float, rtol=1e-5)
+    for bad, shown in ((np.asarray(raw, np.float32), "[0, 255]"), (np.full(raw.shape, np.nan, np.float32), "nan")):
+        with pytest.raises(ValueError, match=r"not in \[0, 1\]: pass uint8 images, or floats divided by 255") as e:
+            measure(bad)
+        assert shown in str(e.value) and len(str(e.value).splitlines()) == 1
+    with pytest.raises(ValueError, match="must be uint8 .* not int64"):
+        measure(raw.astype(np.int64))
