@@ -142,8 +142,9 @@ class Study:
     """A use measured on several models trained side by side, each a run in ``workdir/<variant>``.
 
     ``variants(config, args)`` names the configs to train (from the flags' config and the
-    study's own flags, added by ``flags(parser)``); ``analyse(variants, workdir, args)``
-    measures the trained runs (:func:`jaxae.workdir.restore_run` reads one back),
+    study's own flags, added by ``flags(parser)``); ``plan(variants, workdir, args)``, when
+    given, says what will run before anything is trained; ``analyse(variants, workdir,
+    args)`` measures the trained runs (:func:`jaxae.workdir.restore_run` reads one back),
     writes ``workdir/figures`` and returns the figures for ``summary.json``.
     """
 
@@ -152,6 +153,7 @@ class Study:
     analyse: Callable[[dict[str, Config], Path, argparse.Namespace], dict]
     flags: Callable[[argparse.ArgumentParser], None] = lambda parser: None
     fixed: tuple[str, ...] = ("model", "seeds")  # Config fields the study sets itself
+    plan: Callable[[dict[str, Config], Path, argparse.Namespace], None] | None = None
 
 
 def parse_study(
@@ -183,12 +185,21 @@ def _run_study(config: Config, args: argparse.Namespace, study: Study) -> int:
     workdir = Path(args.workdir)
     try:
         variants = study.variants(config, args)
+        started = [name for name in variants if (workdir / name / "config.json").exists()]
+        if args.resume and not started:
+            raise ConfigError(
+                f"nothing to resume: {workdir} holds none of the runs {', '.join(variants)}; check --workdir, "
+                f"or leave out --resume to start them"
+            )
         join_processes({name: values[name] for name in LAUNCH_FLAGS})
         speaks = parallel.is_primary()
+        if study.plan is not None and speaks:
+            study.plan(variants, workdir, args)
         for name, variant in variants.items():
             if speaks:
                 print(f"{study.name}: training {name} ({variant.model}, {variant.latent_dim}-d code)", flush=True)
-            flags = values if "epochs" not in study.fixed else {**values, "epochs": variant.epochs}
+            flags = {**values, "resume": args.resume and name in started}  # the study's other runs start
+            flags = flags if "epochs" not in study.fixed else {**flags, "epochs": variant.epochs}
             _train(variant, workdir / name, flags, speaks=speaks)
         if not speaks:
             return 0

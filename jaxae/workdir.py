@@ -51,6 +51,12 @@ def check_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: boo
     files may not be links to elsewhere, nor a run live inside another's checkpoints."""
     _check_place(workdir)
     saved_path = workdir / "config.json"
+    if resume and not overwrite and not saved_path.exists():
+        raise ConfigError(
+            f"nothing to resume: {workdir} holds no run (no config.json); check the path, or leave out `resume` "
+            f"to start a run there",
+            field="workdir",
+        )
     if saved_path.exists() and not (resume or overwrite):
         raise ConfigError(f"{workdir} already holds a run: pass `resume` to continue it or `overwrite` to replace it")
     if overwrite and not saved_path.is_file():

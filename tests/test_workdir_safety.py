@@ -174,3 +174,22 @@ def test_overwrite_on_a_read_only_filesystem_is_one_line(tmp_path, slice_config,
     assert code == 2 and stderr.count("\n") == 1
     assert stderr.startswith(f"error: cannot write to --workdir {run} (Read-only file system)")
     assert checkpoint_epochs(run / "checkpoints") == [1]
+
+
+def test_resume_without_a_run_to_continue_is_refused_and_writes_nothing(
+    tmp_path, slice_config, mnist_slice_dir, capsys
+):
+    typo = tmp_path / "runs" / "vea"
+    code, stderr = run_cli([*cli_flags(slice_config, typo), "--resume"])
+    assert code == 2 and stderr.count("\n") == 1, stderr
+    assert stderr.startswith(f"error: nothing to resume: {typo} holds no run (no config.json); check the path")
+    assert "leave out --resume to start a run there" in stderr and not typo.exists()
+
+    from experiments import iwae
+
+    flags = ["--workdir", str(tmp_path / "table"), "--dataset", "mnist_slice", "--data-source", "idx"]
+    flags += ["--data-dir", str(mnist_slice_dir), "--rows", "iwae-1l-k1", "--stages", "1", "--resume"]
+    capsys.readouterr()
+    assert iwae.main(flags) == 2 and not (tmp_path / "table").exists()
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: nothing to resume: {tmp_path / 'table'} holds none of the runs iwae-1l-k1")
