@@ -1,24 +1,27 @@
 """Burda, Grosse and Salakhutdinov's (2015) Table 1: test NLL of VAEs and IWAEs on
 dynamically binarized MNIST, k = 5000 importance samples, one command.
 
-python -m experiments.iwae --rows all --stages 3             # every row, 13 epochs each
-python -m experiments.iwae --rows iwae-1l-k50 vae-1l-k50     # two rows, the full 3280 epochs
-python -m experiments.iwae --rows all --stages 3 --resume    # finish or extend, row by row
+python -m experiments.iwae --rows all --stages 3 --seeds 2        # every row, 13 epochs, 2 seeds
+python -m experiments.iwae --rows iwae-1l-k1 --hours 2            # the full 3280 epochs, 2 hours a call
+python -m experiments.iwae --rows iwae-1l-k1 --hours 2 --resume   # ... continued in the next call
+python -m experiments.iwae --rows iwae-1l-k1 --measure-only       # measure the kept parameters again
 
 A row is ``<vae|iwae>-<1|2>l-k<1|5|50>``, optionally ending ``-stl``, ``-dreg`` or
 ``-plain`` to pick its gradient estimator (otherwise --estimator's); ``all`` is the paper's
 12 rows. VAE and IWAE are one objective at k = 1, so those two rows share one run. Each
-run is a full run directory ``<workdir>/<row>`` (checkpoints, metrics, figures, summary),
-resumable as any other; its k-sample NLL and active units are kept in ``table.json`` there,
-so a later call measures only what changed.
+run is a full run directory ``<workdir>/<row>`` (with --seeds, one ``seed_<s>/`` each:
+checkpoints, metrics, figures, summary), resumable as any other; its k-sample NLL and
+active units are kept in ``table.json`` there and its parameters in ``params.npz``, so a
+later call measures only what changed and --measure-only needs no checkpoint.
 
-The setup is the paper's: 784-200-200-50 (tanh, posterior sigma through exp) for one
-stochastic layer, 100-100 and 100 stochastic units more for two; Glorot-uniform weights,
-the output bias at the logit of the mean training pixel; batch 20; Adam (beta1 0.9,
-beta2 0.999); stage i (0..7) runs 3^i epochs at learning rate 1e-3 * 10^(-i/7). The loss
-is averaged over the batch where the paper's code sums it, so Adam's epsilon is the
-code's 1e-4 divided by the batch, 5e-6: the updates are then the code's exactly.
-Training uses all 60,000 training images (the code held 400 out for validation).
+The setup is the authors' code's (yburda/iwae), which made the paper's numbers:
+784-200-200-50 (tanh, every Gaussian's sigma = exp(linear)) for one stochastic layer; for
+two, z1 of 100 units and 100-100 to z2 of 50 on top; Glorot-uniform weights, the output
+bias at the logit of the mean training pixel; batch 20; the code's Adam (``adam_iwae``:
+beta1 0.99, second moment from 1, epsilon 1e-4 on the batch's summed loss); stage i
+(0..7) runs 3^i epochs at learning rate 1e-3 * 10^(-i/7). ``--setup text`` takes the
+paper text's Adam (beta1 0.9) and a log-variance output instead. Training uses all 60,000
+training images (the code held 400 out; --train-images 59600 trains on its images).
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ import numpy as np
 
 from experiments.cli import BAD_INPUT, FAULTS, Parser, check_iw_samples, count, report
 from experiments.harness import Study, main_study, parse_study
-from jaxae import evaluate, losses
-from jaxae.config import Config, ConfigError
+from jaxae import evaluate, losses, train
+from jaxae.config import Config, ConfigError, build_model, build_objective, build_optimizer, load_split
 from jaxae.files import atomic_write_text
 from jaxae.optim import stage_epochs
 from jaxae.workdir import RestoredRun, restore_run, save_params, seed_workdirs
@@ -78,6 +81,7 @@ PAPER = {
 }  # fmt: skip
 ROW = re.compile(r"(vae|iwae)-([12])l-k(\d+)(?:-(" + "|".join(losses.ESTIMATORS) + r"))?")
 PAPER_STAGES = 8
+PAPER_SAMPLES = (1, 5, 50)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +135,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help="code: the authors' code's Adam and sigma = exp(out), which made the paper's numbers; text: the "
         "paper text's Adam (beta1 0.9) and a log-variance output (default: %(default)s)",
     )
-    parser.add_argument("--rows", nargs="+", default=["all"], help="rows to run by name, or all (default: all)")
+    parser.add_argument(
+        "--rows", nargs="+", required=True, help="rows to run by name (k of 1, 5 or 50), or all for the paper's 12"
+    )
+    parser.add_argument("--any-k", action="store_true", help="allow rows with a k the paper did not run")
     parser.add_argument(
         "--stages", type=int, default=PAPER_STAGES, help=f"stages of the schedule to run, 1..{PAPER_STAGES} "
         f"(default: {PAPER_STAGES}, the paper's {stage_epochs(PAPER_STAGES)} epochs)"
@@ -158,6 +165,11 @@ def variants(config: Config, args: argparse.Namespace) -> dict[str, Config]:
     check_iw_samples(args.iw_samples)
     runs = {}
     for row in parse_rows(args.rows, args.estimator):
+        if row.samples not in PAPER_SAMPLES and not args.any_k:
+            raise ConfigError(
+                f"row {row.name} has k = {row.samples}, which the paper did not run (k of 1, 5 or 50): "
+                f"pass --any-k to run it"
+            )
         runs[row.run_name] = dataclasses.replace(
             config,
             objective="iwae" if row.samples == 1 else {"vae": "vae_k", "iwae": "iwae"}[row.objective],
@@ -168,6 +180,52 @@ def variants(config: Config, args: argparse.Namespace) -> dict[str, Config]:
             **UPPER[row.layers],
         )
     return runs
+
+
+def step_seconds(variant: Config, images: np.ndarray, steps: int = 10) -> float:
+    """Seconds of one training step of ``variant``, all its seeds at once, on this machine:
+    ``steps`` steps timed after a compiled warm-up."""
+    model = build_model(variant, images.shape[1:])
+    tx = build_optimizer(variant, steps_per_epoch=steps)
+    keys = train.seed_keys(range(variant.seed, variant.seed + variant.seeds))
+    stacked = variant.seeds > 1
+    if stacked:
+        state, key = train.create_states(model, tx, images.shape[1:], keys=keys), keys
+    else:
+        state, key = train.create_state(model, tx, images.shape[1:], key=keys[0]), keys[0]
+    epoch = train.make_train_epoch(model, build_objective(variant), variant.batch_size, stacked=stacked)
+    batch = jax.device_put(images[: steps * variant.batch_size])
+    state, _ = epoch(state, batch, key)  # compiles
+    jax.block_until_ready(state)
+    started = time.perf_counter()
+    state, _ = epoch(state, batch, key)
+    jax.block_until_ready(state)
+    return (time.perf_counter() - started) / steps
+
+
+def plan(variants: dict[str, Config], workdir: Path, args: argparse.Namespace) -> None:
+    """Prints what will train and how long it should take, from this machine's own steps."""
+    images = load_split(next(iter(variants.values())), "train").images
+    print("iwae: the plan, projected from this machine's own training steps:", flush=True)
+    total = 0.0
+    for name, variant in variants.items():
+        history = seed_folders(variant, workdir / name)[0] / "metrics.jsonl"
+        done = len(history.read_text().splitlines()) if args.resume and history.exists() else 0
+        steps = max(variant.epochs - done, 0) * -(-len(images) // variant.batch_size)
+        seconds = steps * step_seconds(variant, images) if steps else 0.0
+        total += seconds
+        print(
+            f"  {name}: epochs {done + 1}..{variant.epochs} of {variant.epochs}, {count(variant.seeds, 'seed')}, "
+            f"{seconds / 3600:.2f} h"
+            if steps
+            else f"  {name}: trained ({variant.epochs} epochs)",
+            flush=True,
+        )
+    print(
+        f"iwae: {total / 3600:.2f} h of training in all, and a k = {args.iw_samples} evaluation of each run; "
+        "--hours H stops cleanly after H hours, --resume continues",
+        flush=True,
+    )
 
 
 def seed_folders(variant: Config, folder: Path) -> list[Path]:
@@ -366,7 +424,7 @@ def markdown(results: dict) -> str:
 
 FIXED = ("model", "widths", "latent_dim", "upper_widths", "upper_latent_dim", "binarize", "epochs")
 FIXED += ("objective", "objective_samples", "objective_estimator", "stages_count", "batch_size", "init_output_bias")
-STUDY = Study("iwae", variants, analyse, add_flags, fixed=FIXED)
+STUDY = Study("iwae", variants, analyse, add_flags, fixed=FIXED, plan=plan)
 
 
 def defaults(argv: list[str]) -> Config:

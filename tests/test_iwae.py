@@ -1,5 +1,7 @@
 """The k-sample objectives (IWAE bound, VAE with k samples) and their gradient estimators."""
 
+import re
+
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -219,6 +221,8 @@ def test_iwae_command_trains_rows_resumes_to_more_stages_and_measures_once(mnist
     rows = ("--rows", "vae-1l-k1", "iwae-1l-k1", "--iw-samples", "20")
     code, out, err = iwae_command(mnist_slice_dir, tmp_path, *rows, "--stages", "1", capsys=capsys)
     assert code == 0, err[-3000:]
+    plan = re.search(r"iwae-1l-k1: epochs 1\.\.1 of 1, 1 seed, (\d+\.\d+) h", out)
+    assert plan and out.index("the plan") < out.index("training iwae-1l-k1")  # said before training
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["iwae-1l-k1"]  # one objective at k = 1
     run = json.loads((tmp_path / "iwae-1l-k1" / "config.json").read_text())
     assert (run["widths"], run["latent_dim"], run["batch_size"]) == ([200, 200], 50, 20)
@@ -239,7 +243,7 @@ def test_iwae_command_trains_rows_resumes_to_more_stages_and_measures_once(mnist
 
     code, out, err = iwae_command(mnist_slice_dir, tmp_path, *rows, "--stages", "2", "--resume", capsys=capsys)
     assert code == 0, err[-3000:]
-    assert "resumed" in out and "epoch   4/4" in out
+    assert "resumed" in out and "epoch   4/4" in out and "iwae-1l-k1: epochs 2..4 of 4" in out
     history = [json.loads(line) for line in (tmp_path / "iwae-1l-k1" / "metrics.jsonl").read_text().splitlines()]
     assert [record["epoch"] for record in history] == [1, 2, 3, 4]
     assert json.loads((tmp_path / "iwae-1l-k1" / "table.json").read_text())["epochs"] == 4  # measured anew
@@ -253,12 +257,17 @@ def test_iwae_command_trains_rows_resumes_to_more_stages_and_measures_once(mnist
     [
         (("--rows", "iwae-3l-k5"), "unknown row 'iwae-3l-k5': use all, or <vae|iwae>-<1|2>l-k<samples>"),
         (("--rows", "vae-1l-k0"), "unknown row 'vae-1l-k0'"),
-        (("--stages", "9"), "--stages must be 1..8, got 9"),
-        (("--estimator", "rws"), "unknown --estimator 'rws': use one of plain, stl, dreg"),
+        (("--rows", "all", "--stages", "9"), "--stages must be 1..8, got 9"),
+        (("--rows", "all", "--estimator", "rws"), "unknown --estimator 'rws': use one of plain, stl, dreg"),
+        (("--rows", "iwae-1l-k7"), "row iwae-1l-k7 has k = 7, which the paper did not run (k of 1, 5 or 50): pass"),
+        ((), "the following arguments are required: --rows"),
     ],
 )
 def test_iwae_command_refuses_bad_rows_and_stages_in_one_line(mnist_slice_dir, tmp_path, capsys, flags, message):
-    code, out, err = iwae_command(mnist_slice_dir, tmp_path / "table", *flags, capsys=capsys)
+    try:
+        code, _, err = iwae_command(mnist_slice_dir, tmp_path / "table", *flags, capsys=capsys)
+    except SystemExit as exit_:  # argparse's own errors
+        code, err = exit_.code, capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "table").exists()
 
@@ -293,7 +302,7 @@ def test_iwae_rows_name_their_objective_samples_estimator_and_layers():
 
     from experiments import iwae
 
-    args = argparse.Namespace(rows=["all", "iwae-1l-k3-dreg"], estimator="stl", stages=2, iw_samples=5000)
+    args = argparse.Namespace(rows=["all", "iwae-1l-k3-dreg"], estimator="stl", stages=2, iw_samples=5000, any_k=True)
     runs = iwae.variants(iwae.DEFAULTS, args)
     assert len(runs) == 10 + 1  # 12 rows, the two k = 1 pairs sharing their runs, and one more
     dreg, vae = runs["iwae-1l-k3-dreg"], runs["vae-2l-k50-stl"]
@@ -311,7 +320,7 @@ def test_a_two_layer_row_has_the_papers_layer_sizes():
 
     from experiments import iwae
 
-    args = argparse.Namespace(rows=["iwae-2l-k5"], estimator="plain", stages=1, iw_samples=5000)
+    args = argparse.Namespace(rows=["iwae-2l-k5"], estimator="plain", stages=1, iw_samples=5000, any_k=False)
     row = iwae.variants(iwae.DEFAULTS, args)["iwae-2l-k5"]
     model = config.build_model(row, (28, 28, 1))
     params = train.init_params(model, (28, 28, 1), jax.random.key(0))
