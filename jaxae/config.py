@@ -202,6 +202,7 @@ def validate(config: Config) -> None:
     _one_of(config, "objective_estimator", losses.ESTIMATORS)
     _one_of(config, "optimizer", optim.OPTIMIZERS)
     _one_of(config, "schedule", optim.SCHEDULES)
+    _check_options_are_taken(config)
     _one_of(config, "dtype", DTYPES)
     _one_of(config, "inputs", ("clean", *corruptions.CORRUPTIONS))
     limit = 1.0 if config.inputs == "salt_pepper" else math.inf
@@ -212,6 +213,37 @@ def validate(config: Config) -> None:
         )
     _one_of(config, "binarize", BINARIZATIONS)
     _one_of(config, "data_source", data.SOURCES)
+
+
+def _keyword_options(function) -> set[str]:
+    return {p.name for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY}
+
+
+def _check_options_are_taken(config: Config) -> None:
+    """Refuses an option field set away from its default that nothing in the run reads: an
+    ``objective_<option>`` that neither the training objective nor an evaluation objective
+    declares, or another optimizer's or schedule's ``<name>_<option>``."""
+    defaults = Config()
+    changed = {f.name for f in dataclasses.fields(Config) if getattr(config, f.name) != getattr(defaults, f.name)}
+    objectives = [objective_name(config), *config.eval_objectives]
+    taken = set().union(*(_keyword_options(losses.OBJECTIVES[name]) for name in objectives))
+    for name in sorted(changed):
+        if name.startswith("objective_") and name.removeprefix("objective_") not in taken:
+            raise ConfigError(
+                f"`{name}` is set, but the run's objectives ({', '.join(objectives)}) take no "
+                f"{name.removeprefix('objective_')} option: leave it out, or choose an objective that takes it",
+                field=name,
+            )
+    for kind, registry in (("optimizer", optim.OPTIMIZERS), ("schedule", optim.SCHEDULES)):
+        chosen = getattr(config, kind)
+        for name in sorted(changed):
+            owner = max((n for n in registry if name.startswith(f"{n}_")), key=len, default=chosen)
+            if owner != chosen:
+                raise ConfigError(
+                    f"`{name}` is an option of the {owner} {kind}, but the run's `{kind}` is {chosen}: "
+                    f"leave it out, or choose `{kind}` {owner}",
+                    field=name,
+                )
 
 
 def build_model(config: Config, image_shape: tuple[int, int, int]):

@@ -13,6 +13,7 @@ the checkpoints, which Orbax writes together.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -45,8 +46,9 @@ def train_and_evaluate(
     resume: bool = False,
     overwrite: bool = False,
     fall_back: bool = False,
-    log: Callable[[str], None] = lambda message: None,
-    on_epoch: Callable[[dict], None] = lambda record: None,
+    log: Callable[[str], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    quiet: bool = False,
 ) -> dict:
     """Trains the configured model(s) and writes the run's work directory.
 
@@ -62,8 +64,10 @@ def train_and_evaluate(
         fall_back: on resume, set unreadable checkpoints aside (into
             ``workdir/unreadable_checkpoints``) and continue from the newest readable one;
             without it an unreadable latest checkpoint raises CheckpointError.
-        log: receives one-line messages (data source, resume point).
-        on_epoch: receives each epoch's record (with N seeds, each metric is a list).
+        log: receives one-line messages (data source, resume point); default: printed.
+        on_epoch: receives each epoch's record, as ``metrics.jsonl`` keeps it (with N seeds,
+            each metric is a list); default: one printed line per epoch.
+        quiet: print nothing (a ``log`` or ``on_epoch`` given still receives its calls).
 
     Returns:
         The summary written to ``workdir/summary.json``.
@@ -77,12 +81,38 @@ def train_and_evaluate(
     """
     workdir = Path(workdir)
     validate(config)
+    speaks = not quiet and parallel.is_primary()
+    log = log or (print_flushed if speaks else _silent)
+    on_epoch = on_epoch or (functools.partial(print_epoch, epochs=config.epochs) if speaks else _silent)
     if fall_back and not resume:
         raise ConfigError("`fall_back` only applies when resuming: add `resume`", field="fall_back")
     with locked(workdir):  # one process owns a workdir at a time
         return _train_and_evaluate(
             config, workdir, resume=resume, overwrite=overwrite, fall_back=fall_back, log=log, on_epoch=on_epoch
         )
+
+
+def _silent(_) -> None:
+    pass
+
+
+def print_flushed(message: str) -> None:
+    print(message, flush=True)
+
+
+def print_epoch(record: dict, *, epochs: int) -> None:
+    """``epoch   3/20  train 105.21  test 104.12  4.5 s``; several seeds' losses as mean±sd."""
+
+    def loss(value) -> str:
+        values = np.atleast_1d(np.asarray(value, float))
+        return f"{values.mean():.5g}" + (f"±{values.std(ddof=1):.2g}" if len(values) > 1 else "")
+
+    seconds = float(np.max(record["epoch_seconds"]))
+    print(
+        f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}  train {loss(record['train_loss'])}  "
+        f"test {loss(record['test_loss'])}  {seconds:.1f} s",
+        flush=True,
+    )
 
 
 def _train_and_evaluate(

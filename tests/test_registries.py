@@ -285,3 +285,42 @@ def test_adam_iwae_steps_as_the_authors_code_does_on_the_loss_summed_over_the_ba
     np.testing.assert_allclose(np.asarray(params), expected, rtol=1e-5)
     textbook = theano_adam_steps(np.array([0.3, -0.2, 0.5]), lambda w: summed_grad(w) / 20, steps=6, lr=1e-3)
     assert not np.allclose(textbook, expected, rtol=1e-3)  # the batch sum is part of the rule (v starts at 1)
+
+
+def test_the_library_says_what_it_does_unless_asked_to_be_quiet(slice_config, tmp_path, capsys):
+    experiment.train_and_evaluate(slice_config, tmp_path / "spoken")
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("mnist_slice") or "images" in line for line in lines)  # where the data came from
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/2", "2/2"] and all(" test " in line for line in epochs)
+    records = []
+    experiment.train_and_evaluate(slice_config, tmp_path / "quiet", quiet=True, on_epoch=records.append)
+    assert capsys.readouterr().out == "" and [r["epoch"] for r in records] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"objective_samples": 50},
+            "`objective_samples` is set, but the run's objectives (elbo) take no samples option",
+        ),
+        ({"objective_estimator": "dreg"}, "the run's objectives (elbo) take no estimator option"),
+        (
+            {"optimizer": "sgd", "adam_b1": 0.5},
+            "`adam_b1` is an option of the adam optimizer, but the run's `optimizer`",
+        ),
+        ({"optimizer": "adam_iwae", "adam_eps": 1e-3}, "`adam_eps` is an option of the adam optimizer"),
+        (
+            {"stages_count": 3},
+            "`stages_count` is an option of the stages schedule, but the run's `schedule` is constant",
+        ),
+    ],
+)
+def test_an_option_that_nothing_in_the_run_reads_is_refused_naming_its_owner(changes, message):
+    with pytest.raises(config.ConfigError) as raised:
+        config.validate(config.Config(**changes))
+    assert message in str(raised.value) and raised.value.field in changes
+    taken = {"objective": "iwae", "objective_samples": 50, "eval_objectives": ("iwae",), "optimizer": "sgd"}
+    config.validate(config.Config(model="vae", **taken, sgd_momentum=0.5))  # each option read by its owner
+    config.validate(config.Config(eval_objectives=("iwae",), objective_samples=50))  # read by an evaluation
