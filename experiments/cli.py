@@ -42,11 +42,12 @@ FAULTS = (TrainingDiverged, CheckpointError, WriteError)  # exit code 1: the mes
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line, like every other error of the experiments, and
-    whose usage names the command as it is typed: ``python -m experiments.vae``."""
+    """argparse whose errors are one line, like every other error of the experiments, whose
+    usage names the command as it is typed (``python -m experiments.vae``), and which takes
+    flags only as written in full (``--epoch`` is not ``--epochs``)."""
 
     def __init__(self, *args, prog: str | None = None, **kwargs):
-        super().__init__(*args, prog=prog or _prog(), **kwargs)
+        super().__init__(*args, prog=prog or _prog(), allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"error: {message}: see --help\n")

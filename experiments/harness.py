@@ -95,7 +95,7 @@ def _run(config: Config, workdir: str, args: dict, use: Use | None) -> int:
     print(
         f"{config.model}: test loss {final['test_loss']:.5g} after {count(final['epochs'], 'epoch')} "
         f"(best {final['best_test_loss']:.5g} at epoch {final['best_epoch']}), "
-        + ("" if final["test_mse"] is None else f"test MSE per pixel {final['test_mse']:.5f}, ")
+        + ("" if final.get("test_mse") is None else f"test MSE per pixel {final['test_mse']:.5f}, ")
         + f"{final['total_seconds']:.0f} s on {final['device']}; results in {workdir}"
     )
     if use is not None:

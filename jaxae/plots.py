@@ -30,10 +30,10 @@ def tile(images: np.ndarray, columns: int) -> np.ndarray:
     return padded.reshape(rows, columns, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, columns * w, c)
 
 
-def grid_size(num_rows: int, columns: int, labelled: bool = True) -> tuple[int, int]:
-    """Pixel size (width, height) of an image grid figure."""
+def grid_size(num_rows: int, columns: int, labelled: bool = True, titled: bool = True) -> tuple[int, int]:
+    """Pixel size (width, height) of an image grid figure: a band for the title only when it has one."""
     width = columns * CELL_INCHES + (LABEL_INCHES if labelled else 0.0)
-    height = num_rows * CELL_INCHES + TITLE_INCHES
+    height = num_rows * CELL_INCHES + (TITLE_INCHES if titled else 0.0)
     return round(width * DPI), round(height * DPI)
 
 
@@ -49,10 +49,10 @@ def image_rows(
     """
     mosaics = [tile(np.asarray(images, np.float32), columns) for _, images in groups]
     num_rows = sum(len(images) // columns for _, images in groups)
-    width, height = grid_size(num_rows, columns)
+    width, height = grid_size(num_rows, columns, titled=bool(title))
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     left = LABEL_INCHES * DPI / width
-    top = 1 - TITLE_INCHES * DPI / height
+    top = 1 - (TITLE_INCHES * DPI / height if title else 0.0)
     y = top
     for (label, images), mosaic in zip(groups, mosaics, strict=True):
         share = (len(images) // columns) * CELL_INCHES * DPI / height
@@ -68,9 +68,9 @@ def image_rows(
 def image_grid(images: np.ndarray, path: str | Path, *, columns: int = 8, title: str = "") -> Path:
     """One unlabelled grid of ``(K, H, W, C)`` images in [0, 1]."""
     rows = -(-len(images) // columns)
-    width, height = grid_size(rows, columns, labelled=False)
+    width, height = grid_size(rows, columns, labelled=False, titled=bool(title))
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
-    ax = fig.add_axes((0, 0, 1, 1 - TITLE_INCHES * DPI / height))
+    ax = fig.add_axes((0, 0, 1, 1 - (TITLE_INCHES * DPI / height if title else 0.0)))
     _show(ax, tile(np.asarray(images, np.float32), columns))
     if title:
         fig.suptitle(title, y=1 - 0.1 * TITLE_INCHES * DPI / height, va="top", fontsize=10)

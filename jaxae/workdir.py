@@ -318,7 +318,7 @@ class SeedRun:
             "seed": self.config.seed,
             "epochs": final.get("epoch", 0),
             "test_loss": final.get("test_loss"),
-            "test_mse": final.get("test_mse"),
+            **({"test_mse": final["test_mse"]} if "test_mse" in final else {}),  # objectives that report it
             "best_epoch": self.checkpoints.best_epoch(),
             "best_test_loss": min((r["test_loss"] for r in self.history), default=None),
             "train_seconds": sum(r["epoch_seconds"] for r in self.history),

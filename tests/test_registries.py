@@ -324,3 +324,30 @@ def test_an_option_that_nothing_in_the_run_reads_is_refused_naming_its_owner(cha
     taken = {"objective": "iwae", "objective_samples": 50, "eval_objectives": ("iwae",), "optimizer": "sgd"}
     config.validate(config.Config(model="vae", **taken, sgd_momentum=0.5))  # each option read by its owner
     config.validate(config.Config(eval_objectives=("iwae",), objective_samples=50))  # read by an evaluation
+
+
+def test_small_promises_flags_in_full_no_null_figures_no_empty_title_band(slice_config, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from experiments import harness
+    from jaxae import plots
+
+    with pytest.raises(SystemExit) as refused:  # argparse would take --epoch for --epochs
+        harness.main(slice_config, "a run", ["--workdir", str(tmp_path / "a"), "--epoch", "3"])
+    assert refused.value.code == 2 and "unrecognized arguments: --epoch 3" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+    def reconstruction_nats(model, params, x, targets, key):  # reports no mse
+        return losses.bernoulli_nll(model.apply(params, x, key=key).logits, targets), {}
+
+    monkeypatch.setitem(losses.OBJECTIVES, "nats", reconstruction_nats)
+    summary = experiment.train_and_evaluate(tiny(slice_config, epochs=1, objective="nats"), tmp_path / "b", quiet=True)
+    assert "test_mse" not in summary and "test_mse" not in json.loads((tmp_path / "b" / "summary.json").read_text())
+
+    images = np.zeros((16, 28, 28, 1), np.float32)
+    for title, rows_ in (("", 2), ("a title", 2)):
+        path = plots.image_grid(images, tmp_path / f"grid{len(title)}.png", title=title)
+        assert Image.open(path).size == plots.grid_size(rows_, 8, labelled=False, titled=bool(title))
+    assert plots.grid_size(2, 8, labelled=False, titled=False)[1] == round(2 * plots.CELL_INCHES * plots.DPI)
+    untitled = np.asarray(Image.open(tmp_path / "grid0.png").convert("L"))
+    assert untitled[:3].max() == untitled.max() == 0  # black cells reach the top row: no blank band
