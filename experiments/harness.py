@@ -154,6 +154,7 @@ class Study:
     flags: Callable[[argparse.ArgumentParser], None] = lambda parser: None
     fixed: tuple[str, ...] = ("model", "seeds")  # Config fields the study sets itself
     plan: Callable[[dict[str, Config], Path, argparse.Namespace], None] | None = None
+    report: Callable[[dict], str] | None = None  # the last thing printed; default: the figures on one line
 
 
 def parse_study(
@@ -207,5 +208,8 @@ def _run_study(config: Config, args: argparse.Namespace, study: Study) -> int:
     except BAD_INPUT + FAULTS as error:
         return report(error)
     atomic_write_text(workdir / "summary.json", json.dumps({study.name: results}, indent=2))
-    print(f"{study.name}: " + ", ".join(f"{name} {format_value(value)}" for name, value in results.items()))
+    if study.report is not None:
+        print(study.report(results), end="", flush=True)
+    else:
+        print(f"{study.name}: " + ", ".join(f"{name} {format_value(value)}" for name, value in results.items()))
     return 0

@@ -215,7 +215,8 @@ def validate(config: Config) -> None:
     _one_of(config, "data_source", data.SOURCES)
 
 
-def _keyword_options(function) -> set[str]:
+def keyword_options(function) -> set[str]:
+    """The keyword-only option names of a registered function."""
     return {p.name for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY}
 
 
@@ -226,7 +227,7 @@ def _check_options_are_taken(config: Config) -> None:
     defaults = Config()
     changed = {f.name for f in dataclasses.fields(Config) if getattr(config, f.name) != getattr(defaults, f.name)}
     objectives = [objective_name(config), *config.eval_objectives]
-    taken = set().union(*(_keyword_options(losses.OBJECTIVES[name]) for name in objectives))
+    taken = set().union(*(keyword_options(losses.OBJECTIVES[name]) for name in objectives))
     for name in sorted(changed):
         if name.startswith("objective_") and name.removeprefix("objective_") not in taken:
             raise ConfigError(
@@ -298,7 +299,7 @@ def build_eval_objectives(config: Config) -> dict[str, losses.Objective]:
 
 def _options(config: Config, prefix: str, function) -> dict:
     """The keyword options of ``function`` that ``config`` has as ``<prefix>_<option>`` fields."""
-    names = [p.name for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    names = keyword_options(function)
     return {name: getattr(config, f"{prefix}_{name}") for name in names if hasattr(config, f"{prefix}_{name}")}
 
 
@@ -310,7 +311,7 @@ def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTrans
     )
     optimizer = optim.OPTIMIZERS[config.optimizer]
     options = _options(config, config.optimizer, optimizer)
-    if "batch_size" in inspect.signature(optimizer).parameters:  # the loss is the batch's mean
+    if "batch_size" in keyword_options(optimizer):  # the loss is the batch's mean
         options["batch_size"] = config.batch_size
     return optimizer(learning_rate, **options)
 

@@ -10,10 +10,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import plots, train
-from jaxae.config import Config, corrupt_function, objective_name
+from jaxae import losses, plots, train
+from jaxae.config import Config, corrupt_function, keyword_options, objective_name
 
 LOSS_UNITS = {"elbo": "-ELBO (nats per image)", "reconstruction": "MSE per pixel"}
+
+
+def run_title(config: Config) -> str:
+    """What a run trains, for its figures' titles: ``vae, elbo`` or ``hvae, iwae k = 50, dreg``."""
+    name = objective_name(config)
+    options = keyword_options(losses.OBJECTIVES[name])
+    title = f"{config.model}, {name}" + (f" k = {config.objective_samples}" if "samples" in options else "")
+    return title + (
+        f", {config.objective_estimator}" if "estimator" in options and config.objective_estimator != "plain" else ""
+    )
 
 
 @functools.cache
@@ -68,7 +78,7 @@ class RunFigures:
         )
         objective = objective_name(self.config)
         unit = LOSS_UNITS.get(objective, f"{objective} loss")
-        plots.loss_curves(history, self.epoch_files(epoch)[1], ylabel=unit, title=f"{self.config.model} loss")
+        plots.loss_curves(history, self.epoch_files(epoch)[1], ylabel=unit, title=f"{run_title(self.config)}: loss")
 
     def samples(self, params) -> None:
         """``samples.png``: 64 decodings of a fixed draw from the prior N(0, I)."""
