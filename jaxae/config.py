@@ -90,6 +90,9 @@ class Config:
     plot_epochs: tuple[int, ...] = _field((10, 19), "epochs whose reconstructions are drawn (the last always is)")
     train_rows: bool = _field(False, "add training originals and their reconstructions to the figures")
     keep_checkpoints: int = _field(3, "latest checkpoints kept; the best by test loss is kept too")
+    tensorboard: bool = _field(
+        False, 'also write TensorBoard event files into <workdir>/tensorboard (pip install "jaxae[tensorboard]")'
+    )
     dtype: str = _field("float32", "compute dtype: float32, or bfloat16 (parameters and optimizer stay float32)")
     seeds: int = _field(1, "train this many models at once (jax.vmap), seeds seed .. seed+N-1, each in seed_<s>/")
     inputs: str = _field("clean", "what the model reads: clean, or " + ", ".join(corruptions.CORRUPTIONS))
@@ -130,6 +133,7 @@ def _has_json_type(value, annotation: str) -> bool:
 # Fields that may change when a run is resumed: they do not change what was trained.
 RESUMABLE_FIELDS = frozenset(
     {"epochs", "plot_epochs", "data_source", "data_dir", "keep_checkpoints", "train_rows", "eval_objectives"}
+    | {"tensorboard"}
     | {"eval_batch_size", "stages_count"}  # later stages do not change the epochs of earlier ones
 )
 

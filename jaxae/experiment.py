@@ -191,7 +191,7 @@ def _train_and_evaluate(
         summaries = [run.finish(train.unstack(state, i) if stacked else state) for i, run in enumerate(runs)]
     finally:
         for run in runs:
-            run.checkpoints.close()
+            run.close()
     return summaries[0] if not stacked else _seeds_summary(config, workdir, summaries)
 
 

@@ -41,7 +41,7 @@ from jaxae.files import WriteError, atomic_write, atomic_write_text, remove_temp
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json")
 PARAMS_FILE = "params.npz"
-RUN_FOLDERS = ("checkpoints", "figures")
+RUN_FOLDERS = ("checkpoints", "figures", "tensorboard")
 LOCK_FILE = ".lock"
 
 
@@ -231,6 +231,7 @@ class SeedRun:
         self.figures = RunFigures(model, config, workdir / "figures", train_set.images, test_set.images, sample_key)
         self.output_bias = models.mean_pixel_logits(train_set.images) if config.init_output_bias else None
         self.checkpoints: Checkpoints | None = None
+        self.events = None  # a jaxae.tensorboard.EventWriter, when the run writes events
         self.history: list[dict] = []
 
     def start(self, *, resume: bool, overwrite: bool, fall_back: bool, log: Callable[[str], None]) -> train.TrainState:
@@ -254,6 +255,10 @@ class SeedRun:
         if parallel.is_primary():
             write_history(self.workdir / "metrics.jsonl", self.history)
         self.start_epoch = len(self.history)
+        if self.config.tensorboard and parallel.is_primary():
+            from jaxae.tensorboard import EventWriter
+
+            self.events = EventWriter(self.workdir, first_epoch=self.start_epoch + 1)
         self.earlier_seconds = _saved_seconds(self.history)
         return state
 
@@ -294,6 +299,10 @@ class SeedRun:
         write_history(self.workdir / "metrics.jsonl", self.history)
         if record["epoch"] in self.config.plot_epochs or record["epoch"] == self.config.epochs:
             self.figures.epoch(jax.device_get(state.params), record["epoch"], self.history)
+            if self.events is not None:
+                self.events.image("reconstructions", self.figures.epoch_files(record["epoch"])[0], record["epoch"])
+        if self.events is not None:
+            self.events.epoch(record)
 
     def _draw_missing_figures(self, state: train.TrainState, epoch: int) -> None:
         """Draws the restored epoch's figures when a run was killed after saving it but
@@ -302,6 +311,13 @@ class SeedRun:
             return
         if not all(path.exists() for path in self.figures.epoch_files(epoch)):
             self.figures.epoch(jax.device_get(state.params), epoch, self.history)
+
+    def close(self) -> None:
+        """Closes the checkpoints (waiting for the last to be written) and the event files."""
+        if self.events is not None:
+            self.events.close()
+        if self.checkpoints is not None:
+            self.checkpoints.close()
 
     def finish(self, state: train.TrainState) -> dict:
         """Final figures and ``summary.json``. A call that trained no epoch (a finished run

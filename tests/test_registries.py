@@ -351,3 +351,34 @@ def test_small_promises_flags_in_full_no_null_figures_no_empty_title_band(slice_
     assert plots.grid_size(2, 8, labelled=False, titled=False)[1] == round(2 * plots.CELL_INCHES * plots.DPI)
     untitled = np.asarray(Image.open(tmp_path / "grid0.png").convert("L"))
     assert untitled[:3].max() == untitled.max() == 0  # black cells reach the top row: no blank band
+
+
+def read_events(folder: Path) -> list:
+    """Every event of the TensorBoard files in ``folder``: TFRecords of length, CRC, Event, CRC."""
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            length = int.from_bytes(data[at : at + 8], "little")
+            events.append(event_pb2.Event.FromString(data[at + 12 : at + 12 + length]))
+            at += 12 + length + 4
+    return events
+
+
+def test_tensorboard_events_hold_each_epochs_metrics_and_its_reconstruction_grids(slice_config, tmp_path):
+    run = dataclasses.replace(slice_config, epochs=2, plot_epochs=(1,), tensorboard=True)
+    experiment.train_and_evaluate(run, tmp_path, quiet=True)
+    experiment.train_and_evaluate(dataclasses.replace(run, epochs=3), tmp_path, resume=True, quiet=True)
+    scalars, images = {}, {}
+    for event in read_events(tmp_path / "tensorboard"):
+        for value in event.summary.value:
+            if value.HasField("image"):
+                images[event.step] = value.image.encoded_image_string
+            else:
+                scalars[(value.tag, event.step)] = value.simple_value
+    for record in read_metrics(tmp_path):
+        assert scalars[("test_loss", record["epoch"])] == pytest.approx(record["test_loss"], rel=1e-6)
+        assert scalars[("train_loss", record["epoch"])] == pytest.approx(record["train_loss"], rel=1e-6)
+    assert sorted(images) == [1, 2, 3] and all(png.startswith(b"\x89PNG") for png in images.values())
