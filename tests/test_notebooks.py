@@ -65,3 +65,21 @@ def test_extend_notebook_builds_and_trains_new_models(tmp_path, monkeypatch):
     losses, mse = results["continuous_bernoulli_losses"], results["continuous_bernoulli_mse"]
     assert losses[-1] < losses[0] and mse[-1] < mse[0]
     assert (tmp_path / "runs" / "extend" / "reconstructions.png").stat().st_size > 0
+
+
+def test_notebooks_install_from_the_declared_repository_and_open_in_colab_from_the_readme():
+    import re
+    import tomllib
+
+    root = NOTEBOOKS.parent
+    repository = tomllib.loads((root / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    readme = (root / "README.md").read_text()
+    owner_name = repository.removeprefix("https://github.com/")
+    for name, accelerator in (("colab_tpu", "TPU"), ("extend", None)):
+        notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+        install = notebook.cells[1].source
+        assert f'REPOSITORY = "{repository}"' in install and "pyproject.toml" in install
+        assert notebook.metadata.get("accelerator") == accelerator  # a TPU only where the notebook uses one
+        link = f"https://colab.research.google.com/github/{owner_name}/blob/main/notebooks/{name}.ipynb"
+        assert f"[Open in Colab]({link})" in readme
+    assert len(re.findall(r"colab\.research\.google\.com/github/", readme)) == 2
