@@ -26,16 +26,38 @@ def test_setup_is_two_commands_each_working_alone_on_a_fresh_clone():
 
 
 def test_library_examples_run_in_order(capsys, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
     monkeypatch.chdir(tmp_path)  # the examples write runs/ where they run
-    monkeypatch.setattr(losses, "OBJECTIVES", dict(losses.OBJECTIVES))  # the registration ends with the test
-    fit, register, samples = blocks("python")
-    namespace = {}
-    exec(compile(fit, "README.md", "exec"), namespace)
+    monkeypatch.setattr(losses, "OBJECTIVES", dict(losses.OBJECTIVES))  # the registrations end with the test
+    fit, measure, register, renyi, script, samples = blocks("python")
+    trained = {}
+    exec(compile(fit, "README.md", "exec"), trained)
     test_loss = float(capsys.readouterr().out.strip())
     assert 100 < test_loss < 250  # -ELBO of a VAE after two short epochs, in nats
-    assert namespace["codes"].shape == (5, 8)
-    exec(compile(register, "README.md", "exec"), {})
+    assert trained["codes"].shape == (5, 8)
+    exec(compile(measure, "README.md", "exec"), trained)  # uint8 images straight from the dataset
+    assert trained["nll"].shape == (200,) and 50 < float(capsys.readouterr().out.strip()) < 250
+
+    registered = {}
+    exec(compile(register, "README.md", "exec"), registered)
     assert json.loads((tmp_path / "runs" / "beta_vae" / "config.json").read_text())["objective"] == "beta_vae"
+    assert "epoch 1/1" in capsys.readouterr().out  # the library says what it does
+    exec(compile(renyi, "README.md", "exec"), registered)
+    assert capsys.readouterr().out == ""  # unless asked to be quiet
+    summary = json.loads((tmp_path / "runs" / "renyi" / "summary.json").read_text())
+    assert 50 < summary["test_loss"] < 250 and summary["epochs"] == 1
+
+    name, command = re.match(r"# (\S+), run as: (.*)\n", script).groups()
+    (tmp_path / name).write_text(script)
+    argv = command.split()[2:] + ["--train-images", "2048", "--test-images", "500", "--workdir", "runs/cli"]
+    done = subprocess.run([sys.executable, name, *argv], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = json.loads((tmp_path / "runs" / "cli" / "config.json").read_text())
+    assert (saved["objective"], saved["objective_samples"]) == ("renyi", 5)
+    assert "vae: test loss" in done.stdout.splitlines()[-1]
+
     exec(compile(samples, "README.md", "exec"), {})
     assert (tmp_path / "runs" / "beta_vae" / "prior_samples.png").read_bytes().startswith(b"\x89PNG")
 
