@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import threading
@@ -64,6 +65,11 @@ class _QuietFileHandler(logging.FileHandler):
 
     def handleError(self, record: logging.LogRecord) -> None:
         pass
+
+    def _open(self):
+        """The file, never through a link: a link there would receive the tracebacks elsewhere."""
+        descriptor = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        return os.fdopen(descriptor, "a", encoding=self.encoding)
 
 
 def meta_digest(meta: dict) -> str:

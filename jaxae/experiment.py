@@ -36,7 +36,7 @@ from jaxae.config import (
     validate,
 )
 from jaxae.files import atomic_write_text
-from jaxae.workdir import SeedRun, check_workdir, locked, prepare_workdir, seed_workdirs
+from jaxae.workdir import SeedRun, check_workdir, owned, prepare_workdir, seed_workdirs
 
 
 def train_and_evaluate(
@@ -86,7 +86,7 @@ def train_and_evaluate(
     on_epoch = on_epoch or (functools.partial(print_epoch, epochs=config.epochs) if speaks else _silent)
     if fall_back and not resume:
         raise ConfigError("`fall_back` only applies when resuming: add `resume`", field="fall_back")
-    with locked(workdir):  # one process owns a workdir at a time
+    with owned(config, workdir):  # one process owns a workdir, and its seeds' folders, at a time
         return _train_and_evaluate(
             config, workdir, resume=resume, overwrite=overwrite, fall_back=fall_back, log=log, on_epoch=on_epoch
         )

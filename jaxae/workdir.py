@@ -34,13 +34,13 @@ import numpy as np
 from flax import traverse_util
 
 from jaxae import data, models, parallel, train
-from jaxae.checkpoint import CheckpointError, Checkpoints
+from jaxae.checkpoint import LOG_FILE, CheckpointError, Checkpoints
 from jaxae.config import RESUMABLE_FIELDS, Config, ConfigError, build_model, load_split
 from jaxae.epoch_figures import RunFigures
 from jaxae.files import WriteError, atomic_write, atomic_write_text, remove_temporaries
 
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json")
 PARAMS_FILE = "params.npz"
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", PARAMS_FILE)
 RUN_FOLDERS = ("checkpoints", "figures", "tensorboard")
 LOCK_FILE = ".lock"
 
@@ -59,6 +59,15 @@ def check_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: boo
         )
     if saved_path.exists() and not (resume or overwrite):
         raise ConfigError(f"{workdir} already holds a run: pass `resume` to continue it or `overwrite` to replace it")
+    if overwrite and saved_path.is_file():
+        try:
+            read_config(workdir)
+        except ConfigError as error:
+            raise ConfigError(
+                f"{saved_path} is not a jaxae run's config ({str(error).split(' (', 1)[-1].rstrip(')')[:100]}), and "
+                f"`overwrite` deletes only jaxae runs: move its files away or choose another `workdir`",
+                field="workdir",
+            ) from None
     if overwrite and not saved_path.is_file():
         found = [name for name in RUN_FILES[1:] + RUN_FOLDERS if (workdir / name).exists()]
         if found:
@@ -89,7 +98,7 @@ def _check_place(workdir: Path) -> None:
                 f"{workdir} is inside the checkpoints of the run in {folder.parent}: choose another `workdir`",
                 field="workdir",
             )
-    links = [name for name in RUN_FILES + RUN_FOLDERS if (workdir / name).is_symlink()]
+    links = [name for name in RUN_FILES + RUN_FOLDERS + (LOG_FILE,) if (workdir / name).is_symlink()]
     if links:
         raise ConfigError(
             f"{', '.join(links)} in {workdir} is a link to elsewhere: a run keeps its own files; "
@@ -122,6 +131,25 @@ def _unwritable(workdir: Path, error: OSError) -> ConfigError:
 
 
 @contextlib.contextmanager
+def owned(config: Config, workdir: Path) -> Iterator[None]:
+    """:func:`locked` on ``workdir`` and, for several seeds, on each ``seed_<s>/`` too, so
+    that no other run writes into a seed's folder while the seeds train. A seed's folder
+    that is a link to elsewhere is refused before anything is locked or written."""
+    seeds = [folder for _, folder in seed_workdirs(config, workdir)] if config.seeds > 1 else []
+    links = [folder.name for folder in seeds if folder.is_symlink()]
+    if links:
+        raise ConfigError(
+            f"{', '.join(links)} in {workdir} is a link to elsewhere: each seed keeps its own folder; "
+            f"remove the link or choose another `workdir`",
+            field="workdir",
+        )
+    with contextlib.ExitStack() as stack:
+        for folder in (workdir, *seeds):
+            stack.enter_context(locked(folder))
+        yield
+
+
+@contextlib.contextmanager
 def locked(workdir: Path) -> Iterator[None]:
     """Holds an OS lock on ``workdir/.lock`` while a run owns ``workdir``: a second process
     is refused with the owner's pid. The OS releases the lock when its process ends, even
@@ -133,6 +161,11 @@ def locked(workdir: Path) -> Iterator[None]:
         return
     created = not workdir.exists()
     path = workdir / LOCK_FILE
+    if path.is_symlink():
+        raise ConfigError(
+            f"{LOCK_FILE} in {workdir} is a link to elsewhere: a run keeps its own files; remove the link",
+            field="workdir",
+        )
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         descriptor = _lock(path)
@@ -157,7 +190,7 @@ def _lock(path: Path) -> int | None:
     """An open descriptor holding ``flock`` on ``path``, with this pid written in; None
     when another process holds it. Retries when the file was replaced meanwhile."""
     while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # a link: ELOOP, refused
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -193,3 +193,66 @@ def test_resume_without_a_run_to_continue_is_refused_and_writes_nothing(
     assert iwae.main(flags) == 2 and not (tmp_path / "table").exists()
     err = capsys.readouterr().err
     assert err.startswith(f"error: nothing to resume: {tmp_path / 'table'} holds none of the runs iwae-1l-k1")
+
+
+def test_no_run_writes_through_a_link_to_its_lock_its_orbax_log_or_a_seeds_folder(tmp_path, slice_config):
+    config = dataclasses.replace(slice_config, epochs=1, plot_epochs=())
+    other = tmp_path / "a"
+    experiment.train_and_evaluate(config, other, quiet=True)
+    kept = (other / "config.json").read_text()
+    for name, recipe in ((".lock", "config.json"), ("orbax.log", "config.json")):
+        run = tmp_path / f"b{name}"
+        run.mkdir()
+        (run / name).symlink_to(other / recipe)
+        code, stderr = run_cli(cli_flags(config, run))
+        assert code == 2 and stderr.count("\n") == 1 and f"{name} in {run} is a link to elsewhere" in stderr, stderr
+        assert (other / "config.json").read_text() == kept
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    (seeds / "seed_0").symlink_to(other)
+    code, stderr = run_cli([*cli_flags(dataclasses.replace(config, seeds=2), seeds), "--overwrite"])
+    assert code == 2 and "seed_0 in" in stderr and "is a link to elsewhere: each seed keeps its own folder" in stderr
+    assert checkpoint_epochs(other / "checkpoints") == [1] and (other / "config.json").read_text() == kept
+
+
+HOLD_OWNED = """
+import dataclasses, json, sys, time
+from pathlib import Path
+from jaxae import workdir
+from jaxae.config import Config
+config = Config(seeds=int(sys.argv[2]))
+with workdir.owned(config, Path(sys.argv[1])):
+    print("owned", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("holder", ["seeds run", "single run in seed_0"])
+def test_a_seeds_run_and_a_run_in_one_of_its_seed_folders_exclude_each_other(tmp_path, slice_config, holder):
+    config = dataclasses.replace(slice_config, epochs=1, plot_epochs=())
+    top = tmp_path / "W"
+    experiment.train_and_evaluate(dataclasses.replace(config, seeds=2), top, quiet=True)
+    held, seeds = (top, "2") if holder == "seeds run" else (top / "seed_0", "1")
+    owner = subprocess.Popen([sys.executable, "-c", HOLD_OWNED, str(held), seeds], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "owned"
+        attacks = [cli_flags(config, top / "seed_0")] if holder == "seeds run" else []
+        attacks.append(cli_flags(dataclasses.replace(config, seeds=2), top))
+        for argv in attacks:
+            code, stderr = run_cli([*argv, "--overwrite"])
+            assert code == 2 and stderr.count("\n") == 1 and "is in use by process" in stderr, stderr
+    finally:
+        owner.kill()
+    assert checkpoint_epochs(top / "seed_0" / "checkpoints") == [1]
+    assert json.loads((top / "seed_0" / "config.json").read_text())["seed"] == 0
+
+
+def test_overwrite_refuses_a_folder_whose_config_json_jaxae_did_not_write(tmp_path, slice_config):
+    foreign = tmp_path / "bert"
+    (foreign / "checkpoints" / "step_1000").mkdir(parents=True)
+    (foreign / "checkpoints" / "step_1000" / "pytorch_model.bin").write_bytes(b"weights")
+    (foreign / "config.json").write_text('{"model_type": "bert"}')
+    code, stderr = run_cli([*cli_flags(slice_config, foreign), "--overwrite"])
+    assert code == 2 and stderr.count("\n") == 1, stderr
+    assert f"{foreign / 'config.json'} is not a jaxae run's config" in stderr and "deletes only jaxae runs" in stderr
+    assert (foreign / "checkpoints" / "step_1000" / "pytorch_model.bin").read_bytes() == b"weights"
