@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -77,17 +78,31 @@ def check_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: boo
                 field="workdir",
             )
     if saved_path.exists() and resume:
-        saved = read_config(workdir)
-        differ = [
-            f"{name} ({getattr(saved, name)!r} -> {getattr(config, name)!r})"
-            for name in config.to_json()
-            if name not in RESUMABLE_FIELDS and getattr(saved, name) != getattr(config, name)
-        ]
+        differ = config_differences(read_config(workdir), config)
         if differ:
             raise ConfigError(
                 f"cannot resume {workdir} with a different config: {', '.join(differ)}; "
                 f"use the saved values or a new `workdir`"
             )
+
+
+def config_differences(saved: Config, config: Config) -> list[str]:
+    """The fields, other than the resumable ones, in which two configs differ, as
+    ``name (saved -> new)``: what makes them two different runs."""
+    return [
+        f"{name} ({getattr(saved, name)!r} -> {getattr(config, name)!r})"
+        for name in config.to_json()
+        if name not in RESUMABLE_FIELDS and getattr(saved, name) != getattr(config, name)
+    ]
+
+
+def data_digest(*images: np.ndarray) -> str:
+    """SHA-256 of the images a run trains and is tested on: a resume on other data is refused."""
+    digest = hashlib.sha256()
+    for array in images:
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
 
 
 def _check_place(workdir: Path) -> None:
@@ -99,6 +114,9 @@ def _check_place(workdir: Path) -> None:
                 field="workdir",
             )
     links = [name for name in RUN_FILES + RUN_FOLDERS + (LOG_FILE,) if (workdir / name).is_symlink()]
+    checkpoints = workdir / "checkpoints"
+    if checkpoints.is_dir() and not checkpoints.is_symlink():
+        links += [f"checkpoints/{path.name}" for path in sorted(checkpoints.iterdir()) if path.is_symlink()]
     if links:
         raise ConfigError(
             f"{', '.join(links)} in {workdir} is a link to elsewhere: a run keeps its own files; "
@@ -263,6 +281,7 @@ class SeedRun:
         self.init_key, self.train_key, sample_key = jax.random.split(self.root_key, 3)
         self.figures = RunFigures(model, config, workdir / "figures", train_set.images, test_set.images, sample_key)
         self.output_bias = models.mean_pixel_logits(train_set.images) if config.init_output_bias else None
+        self.data_digest = data_digest(train_set.images, test_set.images)
         self.checkpoints: Checkpoints | None = None
         self.events = None  # a jaxae.tensorboard.EventWriter, when the run writes events
         self.history: list[dict] = []
@@ -303,7 +322,7 @@ class SeedRun:
         """``(state, meta)`` of the latest checkpoint; with ``fall_back``, of the newest readable one."""
         for epoch in reversed(self.checkpoints.epochs()):
             try:
-                return self.checkpoints.restore(template, epoch)
+                return self._checked(*self.checkpoints.restore(template, epoch), epoch)
             except CheckpointError as error:
                 if not fall_back:
                     raise CheckpointError(
@@ -313,6 +332,30 @@ class SeedRun:
                 moved = self.checkpoints.set_aside(epoch, self.workdir / "unreadable_checkpoints")
                 log(f"{error}: moved it to {moved}")
         raise CheckpointError(f"no readable checkpoint left in {self.workdir}: `overwrite` to start again")
+
+    def _checked(self, state, meta: dict, epoch: int):
+        """``(state, meta)`` of a checkpoint that is this run's, on this run's data.
+
+        Raises:
+            CheckpointError: the checkpoint holds another run's state (its stored config differs).
+            ConfigError: the run trained on other data (a resume would mix two datasets in one history).
+        """
+        try:
+            differ = config_differences(Config.from_json(meta.get("config")), self.config)
+        except (ConfigError, TypeError):
+            differ = ["its config is unreadable"]
+        if differ:
+            raise CheckpointError(
+                f"the checkpoint of epoch {epoch} in {self.workdir} holds another run's state ({'; '.join(differ)})"
+            )
+        if meta.get("data_digest", self.data_digest) != self.data_digest:  # older checkpoints have none
+            raise ConfigError(
+                f"{self.workdir} trained on other data than `dataset` {self.config.dataset} from "
+                f"`data_source` {self.config.data_source} gives now (another `data_dir`?): resume it on its own data, "
+                f"or choose another `workdir`",
+                field="data_dir",
+            )
+        return state, meta
 
     def end_epoch(self, state: train.TrainState, record: dict) -> None:
         """Checkpoint, metrics and, at plot epochs, figures; the checkpoint first, so that
@@ -325,6 +368,7 @@ class SeedRun:
             "image_shape": list(self.image_shape),
             "history": self.history,
             "key": jax.random.key_data(self.root_key).tolist(),
+            "data_digest": self.data_digest,
         }
         self.checkpoints.save(record["epoch"], state, meta, record["test_loss"])
         if not parallel.is_primary():

@@ -256,3 +256,33 @@ def test_overwrite_refuses_a_folder_whose_config_json_jaxae_did_not_write(tmp_pa
     assert code == 2 and stderr.count("\n") == 1, stderr
     assert f"{foreign / 'config.json'} is not a jaxae run's config" in stderr and "deletes only jaxae runs" in stderr
     assert (foreign / "checkpoints" / "step_1000" / "pytorch_model.bin").read_bytes() == b"weights"
+
+
+def test_resume_refuses_another_runs_checkpoint_and_other_data(tmp_path, slice_config, mnist_slice_dir):
+    import shutil
+
+    config = dataclasses.replace(slice_config, epochs=1, plot_epochs=())
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    experiment.train_and_evaluate(config, mine, quiet=True)
+    experiment.train_and_evaluate(dataclasses.replace(config, seed=1, epochs=2), theirs, quiet=True)
+    longer = dataclasses.replace(config, epochs=3)
+    (mine / "checkpoints" / "2").symlink_to(theirs / "checkpoints" / "2")  # the recipe: a link
+    code, stderr = run_cli([*cli_flags(longer, mine), "--resume"])
+    assert code == 2 and "checkpoints/2 in" in stderr and "is a link to elsewhere" in stderr, stderr
+    (mine / "checkpoints" / "2").unlink()
+    shutil.copytree(theirs / "checkpoints" / "2", mine / "checkpoints" / "2")  # a copy: its stored config tells
+    code, stderr = run_cli([*cli_flags(longer, mine), "--resume"])
+    assert code == 1 and stderr.count("\n") == 1, stderr
+    assert "the checkpoint of epoch 2 in" in stderr and "holds another run's state (seed (1 -> 0))" in stderr
+    shutil.rmtree(mine / "checkpoints" / "2")
+
+    other_data = tmp_path / "other"
+    shutil.copytree(mnist_slice_dir, other_data)
+    images = other_data / "train-images-idx3-ubyte"
+    raw = bytearray(images.read_bytes())
+    raw[16 + 300] ^= 0xFF  # one pixel of the first image
+    images.write_bytes(bytes(raw))
+    before = (mine / "metrics.jsonl").read_text()
+    code, stderr = run_cli([*cli_flags(dataclasses.replace(longer, data_dir=str(other_data)), mine), "--resume"])
+    assert code == 2 and stderr.count("\n") == 1 and "trained on other data" in stderr, stderr
+    assert (mine / "metrics.jsonl").read_text() == before
