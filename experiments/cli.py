@@ -310,9 +310,9 @@ class Interrupted(Exception):
             a second signal abandoned the epoch in progress.
     """
 
-    def __init__(self, signum: int | None, epoch: int | None = None):
+    def __init__(self, signum: int | None, epoch: int | None = None, kept: str | None = None):
         super().__init__("time budget spent" if signum is None else signal.Signals(signum).name)
-        self.signum, self.epoch = signum, epoch
+        self.signum, self.epoch, self.kept = signum, epoch, kept
 
 
 class Stopping:
@@ -339,6 +339,12 @@ class Stopping:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise Interrupted(None, record["epoch"])
 
+    def check_between(self, kept: str) -> None:
+        """Raises Interrupted, saying ``kept``, once a stop was asked for: between two pieces
+        of work that are each kept when done (the measurements of a study's runs)."""
+        if self.signum is not None:
+            raise Interrupted(self.signum, kept=kept)
+
 
 @contextlib.contextmanager
 def stop_on_signals(log: Callable[[str], None], hours: float | None = None) -> Iterator[Stopping]:
@@ -360,9 +366,9 @@ def report_interrupted(interrupted: Interrupted, argv: list[str]) -> int:
     """One line: what was kept and the command that continues; returns ``128 + signum``,
     or 0 when the run stopped because its --hours were spent (on stdout, as no fault)."""
     kept = (
-        f"stopped after saving epoch {interrupted.epoch}"
-        if interrupted.epoch is not None
-        else "stopped at once: the epoch in progress is lost, every saved checkpoint is kept"
+        interrupted.kept
+        or (f"stopped after saving epoch {interrupted.epoch}" if interrupted.epoch is not None else None)
+        or "stopped at once: the epoch in progress is lost, every saved checkpoint is kept"
     )
     command = [arg for arg in argv if arg != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
     prog = _prog() or f"python {Path(sys.argv[0]).name}"

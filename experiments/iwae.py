@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import re
 import sys
@@ -40,10 +41,11 @@ import numpy as np
 from experiments.cli import BAD_INPUT, FAULTS, Parser, check_iw_samples, count, report
 from experiments.harness import Study, main_study, parse_study
 from jaxae import evaluate, losses, train
+from jaxae.checkpoint import state_digest
 from jaxae.config import Config, ConfigError, build_model, build_objective, build_optimizer, load_split
 from jaxae.files import atomic_write_text
 from jaxae.optim import stage_epochs
-from jaxae.workdir import RestoredRun, restore_run, save_params, seed_workdirs
+from jaxae.workdir import RestoredRun, locked, restore_run, save_params, seed_workdirs
 
 BATCH_SIZE = 20
 # The setup of the authors' code, which produced the paper's Table 1: its Adam, sigma = exp(out).
@@ -250,20 +252,50 @@ def measure_run(run: RestoredRun, samples: int) -> dict:
     }
 
 
+def _figures_digest(figures: dict) -> str:
+    return hashlib.sha256(
+        json.dumps({k: v for k, v in figures.items() if k != "digest"}, sort_keys=True).encode()
+    ).hexdigest()
+
+
+def read_cache(cache: Path) -> dict:
+    """The figures in a ``table.json``, or {} when there are none to trust (missing, not a
+    JSON object, or edited since they were measured: their digest no longer matches).
+
+    Raises:
+        ConfigError: ``table.json`` is a folder or a link, which a measurement would not replace.
+    """
+    if cache.is_symlink() or cache.is_dir():
+        raise ConfigError(
+            f"{cache} is a {'link' if cache.is_symlink() else 'folder'}, not a file jaxae wrote: remove it"
+        )
+    try:
+        kept = json.loads(cache.read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return kept if isinstance(kept, dict) and kept.get("digest") == _figures_digest(kept) else {}
+
+
 def measure(folder: Path, samples: int) -> dict:
     """One seed's figures (:func:`measure_run`) with its training seconds, kept in
-    ``table.json`` beside it (with its parameters in ``params.npz``) and measured again only
-    when the run or ``samples`` changed."""
+    ``table.json`` beside it (with its parameters in ``params.npz``) and measured again
+    unless that file holds figures of these very parameters (their digest) at ``samples``."""
     cache = folder / "table.json"
-    run = restore_run(folder)
-    if cache.exists():
-        kept = json.loads(cache.read_text())
-        if kept.get("epochs") == run.epoch and kept.get("iw_samples") == samples:
+    with locked(folder):  # a run being measured is not overwritten meanwhile
+        run = restore_run(folder)
+        params = state_digest(run.params)
+        kept = read_cache(cache)
+        if kept.get("params_digest") == params and kept.get("iw_samples") == samples:
             return kept
-    figures = measure_run(run, samples)
-    figures["train_seconds"] = json.loads((folder / "summary.json").read_text())["train_seconds"]
-    save_params(run)
-    atomic_write_text(cache, json.dumps(figures, indent=2))
+        if cache.exists():
+            print(
+                f"iwae: {cache} does not hold figures of these parameters at k = {samples}: measuring again", flush=True
+            )
+        figures = measure_run(run, samples) | {"params_digest": params}
+        figures["train_seconds"] = json.loads((folder / "summary.json").read_text())["train_seconds"]
+        figures["digest"] = _figures_digest(figures)
+        save_params(run)
+        atomic_write_text(cache, json.dumps(figures, indent=2))
     return figures
 
 
@@ -271,10 +303,16 @@ def analyse(variants: dict[str, Config], workdir: Path, args: argparse.Namespace
     rows = parse_rows(args.rows, args.estimator)
     measured = {}
     for name, variant in variants.items():
+        if hasattr(args, "stopping"):
+            args.stopping.check_between(f"stopped before measuring {name}: every run and figure measured is kept")
         print(f"iwae: measuring {name} (k = {args.iw_samples})", flush=True)
         measured[name] = [measure(folder, args.iw_samples) for folder in seed_folders(variant, workdir / name)]
-    table = [table_row(row, measured[row.run_name], args.stages) for row in rows]
-    results = {"stages": args.stages, "epochs": stage_epochs(args.stages), "iw_samples": args.iw_samples}
+    table = [table_row(row, measured[row.run_name]) for row in rows]
+    epochs = sorted({figures["epochs"] for seeds in measured.values() for figures in seeds})
+    stages = [count for count in range(1, PAPER_STAGES + 1) if [stage_epochs(count)] == epochs]
+    # the heading says what the rows ran, whatever --stages asked for
+    results = {"stages": stages[0] if stages else None, "epochs": epochs[0] if len(epochs) == 1 else epochs}
+    results["iw_samples"] = args.iw_samples
     results |= {"rows": table, "claims": claims({row["row"]: row for row in table})}
     atomic_write_text(workdir / "table.md", markdown(results))
     return results
@@ -289,7 +327,7 @@ def remeasure(config: Config, args: argparse.Namespace) -> int:
             run = restore_run(folder)
             source = "checkpoint" if (folder / "checkpoints").exists() else "params.npz"
             fresh = measure_run(run, args.iw_samples)
-            kept = json.loads((folder / "table.json").read_text()) if (folder / "table.json").exists() else {}
+            kept = read_cache(folder / "table.json")
             said = (
                 f"table.json: {kept['test_nll']:.2f}, units {kept['active_units']}, k = {kept['iw_samples']}"
                 if "test_nll" in kept
@@ -304,7 +342,7 @@ def remeasure(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def table_row(row: Row, seeds: list[dict], stages: int) -> dict:
+def table_row(row: Row, seeds: list[dict]) -> dict:
     """A row of the table from its seeds' figures: the mean NLL over seeds, the test images'
     standard error, and with several seeds the spread (sample sd) of NLL and active units."""
     paper = PAPER.get(row.paper_name)
@@ -321,7 +359,7 @@ def table_row(row: Row, seeds: list[dict], stages: int) -> dict:
         "difference": None if paper is None else round(nll - paper, 2),
         "active_units": [round(float(u), 1) if several else int(u) for u in units.mean(axis=0)],
         "active_units_seed_sd": [round(float(sd), 1) for sd in units.std(axis=0, ddof=1)] if several else None,
-        "budget": f"{stages}/{PAPER_STAGES} stages, {count(seeds[0]['epochs'], 'epoch')}",
+        "budget": count(seeds[0]["epochs"], "epoch"),
         "train_seconds": round(float(np.mean([figures["train_seconds"] for figures in seeds]))),
         "nll_seconds": round(float(np.mean([figures["nll_seconds"] for figures in seeds]))),
     }
@@ -385,9 +423,14 @@ def claims(rows: dict[str, dict]) -> dict[str, dict]:
 
 def markdown(results: dict) -> str:
     """The table (and the claims' verdicts) as Markdown, as the README shows them."""
+    if results["stages"] is not None:
+        budget = f"{results['stages']} of {PAPER_STAGES} stages ({count(results['epochs'], 'epoch')} of"
+    elif isinstance(results["epochs"], int):
+        budget = f"{count(results['epochs'], 'epoch')} (of"
+    else:
+        budget = f"rows at different budgets ({', '.join(map(str, results['epochs']))} epochs, of"
     lines = [
-        f"Test NLL (nats, k = {results['iw_samples']}), {results['stages']} of {PAPER_STAGES} stages "
-        f"({count(results['epochs'], 'epoch')} of {stage_epochs(PAPER_STAGES)}); the paper's column is "
+        f"Test NLL (nats, k = {results['iw_samples']}), {budget} {stage_epochs(PAPER_STAGES)}); the paper's column is "
         f"k = 5000 after all {stage_epochs(PAPER_STAGES)} epochs. jaxae's NLL is the mean over the seeds run; "
         "± is the test images' standard error, sd the spread over seeds; active units (variance of the "
         "posterior mean above 0.01) per stochastic layer, mean over seeds:",

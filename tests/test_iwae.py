@@ -399,3 +399,55 @@ def test_a_runs_figures_are_titled_by_what_it_trains():
     assert run_title(runs["iwae-2l-k50-dreg"]) == "hvae, iwae k = 50, dreg"
     assert run_title(runs["vae-1l-k5"]) == "hvae, vae_k k = 5"
     assert run_title(config.Config()) == "vae, elbo"
+
+
+@pytest.mark.slow
+def test_the_table_shows_only_what_was_measured_on_the_run_as_it_is(mnist_slice_dir, tmp_path, capsys):
+    import json
+    import shutil
+
+    from experiments import iwae
+
+    flags = ["--workdir", str(tmp_path), "--dataset", "mnist_slice", "--data-source", "idx"]
+    flags += ["--data-dir", str(mnist_slice_dir), "--rows", "iwae-1l-k1", "--iw-samples", "20"]
+    assert iwae.main([*flags, "--stages", "2"]) == 0
+    cache = tmp_path / "iwae-1l-k1" / "table.json"
+    measured = json.loads(cache.read_text())["test_nll"]
+    capsys.readouterr()
+
+    edited = json.loads(cache.read_text()) | {"test_nll": 80.0}  # better than the paper, by hand
+    cache.write_text(json.dumps(edited))
+    assert iwae.main([*flags, "--stages", "1", "--resume"]) == 0  # rows of 4 epochs, asked for 1 stage
+    out = capsys.readouterr().out
+    assert "does not hold figures of these parameters at k = 20: measuring again" in out
+    assert "80.00" not in out and f"| iwae-1l-k1 | 86.76 | {measured:.2f} |" in out
+    assert "2 of 8 stages (4 epochs of 3280)" in out  # what the rows ran, not what --stages said
+
+    assert iwae.main([*flags, "--stages", "2", "--overwrite", "--learning-rate", "3e-3"]) == 0
+    retrained = json.loads(cache.read_text())
+    assert retrained["test_nll"] != measured and "measuring again" in capsys.readouterr().out
+
+    flags += ["--learning-rate", "3e-3", "--stages", "2", "--resume"]
+    for damage in ("[1, 2]", "", "{" * 100_000):
+        cache.write_text(damage)
+        assert iwae.main(flags) == 0
+        assert json.loads(cache.read_text())["test_nll"] == retrained["test_nll"]  # measured again, the same
+    import subprocess
+    import sys
+
+    holder = "import sys, time\nfrom pathlib import Path\nfrom jaxae import workdir\n"
+    holder += "with workdir.locked(Path(sys.argv[1])):\n    print('locked', flush=True)\n    time.sleep(600)\n"
+    owner = subprocess.Popen([sys.executable, "-c", holder, str(cache.parent)], stdout=subprocess.PIPE, text=True)
+    try:  # another process owns the row (an --overwrite training it, say): it is not measured meanwhile
+        assert owner.stdout.readline().strip() == "locked"
+        cache.unlink()
+        assert iwae.main(flags) == 2 and "is in use by process" in capsys.readouterr().err
+        assert not cache.exists()
+    finally:
+        owner.kill()
+        owner.wait(timeout=30)
+    cache.mkdir()
+    assert iwae.main(flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {cache} is a folder, not a file jaxae wrote: remove it") and err.count("\n") == 1
+    shutil.rmtree(cache)

@@ -381,3 +381,15 @@ def test_hours_stops_at_an_epoch_boundary_with_exit_0_and_the_command_that_conti
     with pytest.raises(SystemExit) as refused:
         harness.main(slice_config, "a run", [*argv[:-1], "0"])
     assert refused.value.code == 2 and "--hours must be a positive number of hours, not '0'" in capsys.readouterr().err
+
+
+def test_a_signal_while_a_study_measures_stops_before_the_next_measurement_with_the_resume_line(capsys):
+    stopping = cli.Stopping(log=print)
+    stopping.check_between("never raised before a signal")
+    stopping.handle(signal.SIGTERM, None)
+    with pytest.raises(cli.Interrupted) as raised:
+        stopping.check_between("stopped before measuring iwae-2l-k5: every run and figure measured is kept")
+    assert cli.report_interrupted(raised.value, ["--rows", "all"]) == 128 + signal.SIGTERM
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("SIGTERM: stopped before measuring iwae-2l-k5: every run and figure measured is kept;")
+    assert line.endswith("--rows all --resume")
