@@ -313,6 +313,14 @@ def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTrans
     learning_rate = schedule(
         config.learning_rate, steps_per_epoch=steps_per_epoch, **_options(config, config.schedule, schedule)
     )
+    for step in (0, steps_per_epoch * config.epochs):  # a negative rate would train uphill
+        rate = float(learning_rate(step) if callable(learning_rate) else learning_rate)
+        if not (math.isfinite(rate) and rate >= 0):
+            raise ConfigError(
+                f"schedule {config.schedule} gives the learning rate {rate} at step {step}: a rate must be a "
+                f"finite number >= 0",
+                field="schedule",
+            )
     optimizer = optim.OPTIMIZERS[config.optimizer]
     options = _options(config, config.optimizer, optimizer)
     if "batch_size" in keyword_options(optimizer):  # the loss is the batch's mean

@@ -33,6 +33,7 @@ from jaxae.config import (
     build_objective,
     build_optimizer,
     load_data,
+    objective_name,
     validate,
 )
 from jaxae.files import atomic_write_text
@@ -92,6 +93,41 @@ def train_and_evaluate(
         )
 
 
+def check_objectives(config: Config, model, images: np.ndarray) -> None:
+    """Checks the run's objectives keep the contract on a batch of ``images`` (shapes
+    only, nothing computed): one loss per image, metrics of one value per image, none
+    named ``loss``; and that each can score the model at all. Raises ConfigError naming
+    the objective, before anything is written."""
+    batch = jax.ShapeDtypeStruct((len(images), *images.shape[1:]), jnp.float32)
+    params = jax.eval_shape(lambda: train.init_params(model, images.shape[1:], jax.random.key(0)))
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    named = {objective_name(config): build_objective(config), **build_eval_objectives(config)}
+    for name, objective in named.items():
+        try:
+            loss, metrics = jax.eval_shape(lambda p, x, k, o=objective: o(model, p, x, x, k), params, batch, key)
+        except Exception as error:  # whatever the objective raised, told in one line
+            raise ConfigError(
+                f"objective {name} cannot score model {config.model} ({type(error).__name__}: "
+                f"{str(error).splitlines()[0][:120] if str(error) else ''}): choose an objective that fits the model",
+                field="objective",
+            ) from None
+        wrong = {"loss": loss} if getattr(loss, "shape", None) != (len(images),) else {}
+        wrong |= {k: v for k, v in dict(metrics).items() if getattr(v, "shape", None) != (len(images),)}
+        if wrong:
+            shapes = ", ".join(f"{k} {getattr(v, 'shape', type(v).__name__)}" for k, v in wrong.items())
+            raise ConfigError(
+                f"objective {name} returns {shapes} for a batch of {len(images)} images: the loss and every metric "
+                f"must have one value per image, shape ({len(images)},)",
+                field="objective",
+            )
+        if "loss" in metrics:
+            raise ConfigError(
+                f"objective {name} reports a metric named loss, which would replace its loss in the records: "
+                f"rename it",
+                field="objective",
+            )
+
+
 def _silent(_) -> None:
     pass
 
@@ -142,9 +178,10 @@ def _train_and_evaluate(
         f"{config.batch_size // mesh.size} images per device per step"
     )
     model = build_model(config, train_set.images.shape[1:])
+    check_objectives(config, model, train_set.images[:2])
+    tx = build_optimizer(config, steps_per_epoch=math.ceil(len(train_set) / config.batch_size))  # one for all seeds
     if config.seeds > 1:
         prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
-    tx = build_optimizer(config, steps_per_epoch=math.ceil(len(train_set) / config.batch_size))  # one for all seeds
     folders = seed_workdirs(config, workdir)
     runs = [SeedRun(model, tx, c, folder, train_set, test_set, mesh, started) for c, folder in folders]
     states = [run.start(resume=resume, overwrite=overwrite, fall_back=fall_back, log=log) for run in runs]

@@ -1,5 +1,5 @@
 """TensorBoard event files of a run: each epoch's metrics as scalars and its reconstruction
-grids as images, in ``workdir/tensorboard``, for ``tensorboard --logdir runs``.
+grids as images, in ``workdir/tensorboard``, which TensorBoard reads (its log folder: ``runs``).
 
 Written with tensorboardX, which needs neither TensorFlow nor PyTorch (an optional extra:
 ``pip install "jaxae[tensorboard]"``); imported only when a run asks for events.

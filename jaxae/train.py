@@ -65,7 +65,7 @@ def init_params(model: nn.Module, image_shape: tuple[int, int, int], key: jax.Ar
 @functools.cache
 def _init_function(model: nn.Module, image_shape: tuple[int, int, int]) -> Callable:
     # One compiled initialiser per model and shape: compiling it takes seconds on a CPU.
-    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    dummy = np.zeros((1, *image_shape), np.float32)  # not a jax array: safe to build under a trace
     return jax.jit(lambda params_key, noise_key: model.init(params_key, dummy, key=noise_key))
 
 

@@ -37,7 +37,8 @@ def trains(workdir_: Path) -> bool:
     + [("schedule", n) for n in optim.SCHEDULES],
 )
 def test_every_registered_name_trains_a_real_run(registry, name, slice_config, tmp_path):
-    run = tiny(slice_config, epochs=3, learning_rate=3e-3, stages_count=2, stages_growth=2, **{registry: name})
+    stages = {"stages_count": 2, "stages_growth": 2} if name == "stages" else {}  # options only where read
+    run = tiny(slice_config, epochs=3, learning_rate=3e-3, **stages, **{registry: name})
     experiment.train_and_evaluate(run, tmp_path)
     assert trains(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())[registry] == name
@@ -382,3 +383,46 @@ def test_tensorboard_events_hold_each_epochs_metrics_and_its_reconstruction_grid
         assert scalars[("test_loss", record["epoch"])] == pytest.approx(record["test_loss"], rel=1e-6)
         assert scalars[("train_loss", record["epoch"])] == pytest.approx(record["train_loss"], rel=1e-6)
     assert sorted(images) == [1, 2, 3] and all(png.startswith(b"\x89PNG") for png in images.values())
+
+
+@pytest.mark.parametrize(
+    ("objective", "message"),
+    [
+        (
+            lambda model, params, x, t, key: (losses.OBJECTIVES["elbo"](model, params, x, t, key)[0][:, None], {}),
+            "returns loss (2, 1) for a batch of 2 images: the loss and every metric must have one value per image",
+        ),
+        (
+            lambda model, params, x, t, key: (
+                losses.OBJECTIVES["elbo"](model, params, x, t, key)[0],
+                {"loss": x.sum()},
+            ),
+            "returns loss () for a batch of 2 images",
+        ),
+        (
+            lambda model, params, x, t, key: (
+                losses.OBJECTIVES["elbo"](model, params, x, t, key)[:1] + ({"loss": x.sum((1, 2, 3))},)
+            ),
+            "reports a metric named loss, which would replace its loss in the records: rename it",
+        ),
+    ],
+)
+def test_an_objective_that_breaks_the_contract_is_refused_before_anything_is_written(
+    objective, message, slice_config, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(losses.OBJECTIVES, "broken", objective)
+    with pytest.raises(config.ConfigError) as raised:
+        experiment.train_and_evaluate(tiny(slice_config, objective="broken"), tmp_path / "run", quiet=True)
+    assert message in str(raised.value) and str(raised.value).startswith("objective broken ")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_the_objective_cannot_score_and_a_negative_learning_rate_are_refused(
+    slice_config, tmp_path, monkeypatch
+):
+    with pytest.raises(config.ConfigError, match="objective elbo cannot score model ae"):
+        experiment.train_and_evaluate(tiny(slice_config, model="ae", objective="elbo"), tmp_path / "a", quiet=True)
+    monkeypatch.setitem(optim.SCHEDULES, "uphill", lambda rate, *, steps_per_epoch: lambda step: -rate)
+    with pytest.raises(config.ConfigError, match=r"schedule uphill gives the learning rate -0.001 at step 0"):
+        experiment.train_and_evaluate(tiny(slice_config, schedule="uphill"), tmp_path / "b", quiet=True)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
