@@ -92,7 +92,10 @@ class Checkpoints:
     the caller fills (config, key, metrics history), stored with a digest of ``state``.
     """
 
-    def __init__(self, directory: str | Path, *, keep: int = 3):
+    def __init__(self, directory: str | Path, *, keep: int = 3, damaged_to: Path | None = None):
+        """Opens (or creates) ``directory``. Orbax reads every checkpoint's metrics when it
+        opens them: a checkpoint whose metrics file is damaged raises CheckpointError, or with
+        ``damaged_to`` is moved there first (listed in ``set_aside_on_open``)."""
         policy = ocp.checkpoint_managers.AnyPreservationPolicy(
             [
                 ocp.checkpoint_managers.LatestN(n=keep),
@@ -108,6 +111,18 @@ class Checkpoints:
             cleanup_tmp_directories=True,  # a save cut short by kill -9 leaves a temporary folder
         )
         self.directory = Path(directory).absolute()
+        self.set_aside_on_open = []
+        for epoch in _damaged_metrics(self.directory):
+            if damaged_to is None:
+                raise CheckpointError(
+                    f"the checkpoint of epoch {epoch} in {self.directory} is unreadable (its metrics file is damaged)"
+                )
+            if parallel.is_primary():
+                damaged_to.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(damaged_to / str(epoch), ignore_errors=True)
+                shutil.move(self.directory / str(epoch), damaged_to / str(epoch))
+            self.set_aside_on_open.append(damaged_to / str(epoch))
+        parallel.sync(f"opened {self.directory}")
         self._log, self._failed = _QuietFileHandler(self.directory.parent / LOG_FILE), False
         for name in ORBAX_LOGGERS:
             logging.getLogger(name).addHandler(self._log)
@@ -284,6 +299,22 @@ class Checkpoints:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _damaged_metrics(directory: Path) -> list[int]:
+    """The epochs whose stored metrics (Orbax's ``<epoch>/metrics/metrics``) are not a JSON object."""
+    damaged = []
+    for folder in sorted(directory.glob("[0-9]*")) if directory.is_dir() else []:
+        path = folder / "metrics" / "metrics"
+        try:
+            readable = folder.name.isdigit() and isinstance(json.loads(path.read_text()), dict)
+        except FileNotFoundError:
+            readable = True  # a checkpoint without metrics: Orbax reads none
+        except (OSError, ValueError, RecursionError):
+            readable = False
+        if folder.name.isdigit() and not readable:
+            damaged.append(int(folder.name))
+    return damaged
 
 
 def _local_sharding() -> jax.sharding.Sharding:

@@ -122,8 +122,7 @@ def check_objectives(config: Config, model, images: np.ndarray) -> None:
             )
         if "loss" in metrics:
             raise ConfigError(
-                f"objective {name} reports a metric named loss, which would replace its loss in the records: "
-                f"rename it",
+                f"objective {name} reports a metric named loss, which would replace its loss in the records: rename it",
                 field="objective",
             )
 

@@ -296,7 +296,20 @@ class SeedRun:
             self.model, self.tx, self.image_shape, key=self.init_key, output_bias=self.output_bias
         )
         state = parallel.replicate(state, self.mesh)  # restored checkpoints land replicated too
-        self.checkpoints = Checkpoints(self.workdir / "checkpoints", keep=self.config.keep_checkpoints)
+        damaged_to = self.workdir / "unreadable_checkpoints" if resume and fall_back else None
+        try:
+            self.checkpoints = Checkpoints(
+                self.workdir / "checkpoints", keep=self.config.keep_checkpoints, damaged_to=damaged_to
+            )
+        except CheckpointError as error:
+            raise CheckpointError(
+                f"{error}: pass `fall_back` with `resume` to set it aside and continue from the newest readable "
+                f"checkpoint, or `overwrite` to start again"
+            ) from None
+        for moved in self.checkpoints.set_aside_on_open:
+            log(
+                f"the checkpoint of epoch {moved.name} is unreadable (its metrics file is damaged): moved it to {moved}"
+            )
         if resume and self.checkpoints.latest_epoch() is not None:
             state, meta = self._restore_newest(state, fall_back=fall_back, log=log)
             self.history = meta["history"]

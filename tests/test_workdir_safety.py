@@ -286,3 +286,20 @@ def test_resume_refuses_another_runs_checkpoint_and_other_data(tmp_path, slice_c
     code, stderr = run_cli([*cli_flags(dataclasses.replace(longer, data_dir=str(other_data)), mine), "--resume"])
     assert code == 2 and stderr.count("\n") == 1 and "trained on other data" in stderr, stderr
     assert (mine / "metrics.jsonl").read_text() == before
+
+
+def test_a_damaged_metrics_file_is_one_line_and_fall_back_sets_that_checkpoint_aside(tmp_path, slice_config):
+    run = tmp_path / "run"
+    config = dataclasses.replace(slice_config, epochs=2, plot_epochs=(), keep_checkpoints=2)
+    experiment.train_and_evaluate(config, run, quiet=True)
+    metrics = run / "checkpoints" / "2" / "metrics" / "metrics"
+    metrics.write_text(metrics.read_text()[:5])  # truncated
+    with pytest.raises(checkpoint.CheckpointError, match="the checkpoint of epoch 2 in .* is unreadable"):
+        workdir.restore_run(run)
+    longer = dataclasses.replace(config, epochs=3)
+    code, stderr = run_cli([*cli_flags(longer, run), "--resume"])
+    assert code == 1 and stderr.count("\n") == 1 and "pass --fall-back with --resume" in stderr, stderr
+    code, stderr = run_cli([*cli_flags(longer, run), "--resume", "--fall-back"])
+    assert code == 0, stderr
+    assert (run / "unreadable_checkpoints" / "2").is_dir() and checkpoint_epochs(run / "checkpoints")[-1] == 3
+    assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3]
