@@ -241,7 +241,7 @@ def with_saved_epochs(config: Config, workdir: Path, flags: dict, log: Callable[
         return config
     try:
         epochs = json.loads((workdir / "config.json").read_text())["epochs"]
-    except (OSError, ValueError, TypeError, KeyError):  # no run, or a broken one: the workdir check says which
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):  # no run, or a broken one: the check says
         return config
     if not isinstance(epochs, int) or isinstance(epochs, bool):
         return config

@@ -42,7 +42,7 @@ from experiments.cli import BAD_INPUT, FAULTS, Parser, check_iw_samples, count, 
 from experiments.harness import Study, main_study, parse_study
 from jaxae import evaluate, losses, train
 from jaxae.checkpoint import state_digest
-from jaxae.config import Config, ConfigError, build_model, build_objective, build_optimizer, load_split
+from jaxae.config import LIMITS, Config, ConfigError, build_model, build_objective, build_optimizer, load_split
 from jaxae.files import atomic_write_text
 from jaxae.optim import stage_epochs
 from jaxae.workdir import RestoredRun, locked, restore_run, save_params, seed_workdirs
@@ -120,7 +120,7 @@ def parse_rows(names: list[str], estimator: str) -> list[Row]:
             rows += parse_rows(list(PAPER), estimator)
             continue
         match = ROW.fullmatch(name)
-        if match is None or int(match[3]) <= 0:
+        if match is None or len(match[3]) > 7 or not 0 < int(match[3]) <= LIMITS["objective_samples"]:
             raise ConfigError(
                 f"unknown row {name!r}: use all, or <vae|iwae>-<1|2>l-k<samples>[-<estimator>], "
                 f"for example iwae-2l-k50 or iwae-1l-k50-dreg (estimators: {', '.join(losses.ESTIMATORS)})"
@@ -165,6 +165,8 @@ def variants(config: Config, args: argparse.Namespace) -> dict[str, Config]:
     if not 1 <= args.stages <= PAPER_STAGES:
         raise ConfigError(f"--stages must be 1..{PAPER_STAGES}, got {args.stages}")
     check_iw_samples(args.iw_samples)
+    if config.test_images is not None and config.test_images < 2:
+        raise ConfigError("the table needs at least 2 test images for its standard errors: --test-images 2 or more")
     runs = {}
     for row in parse_rows(args.rows, args.estimator):
         if row.samples not in PAPER_SAMPLES and not args.any_k:

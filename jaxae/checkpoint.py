@@ -11,6 +11,7 @@ lowest test loss.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -153,7 +154,7 @@ class Checkpoints:
         raise CheckpointError(
             f"could not save the checkpoint of epoch {epoch} in {self.directory} ({_reason(failure)}); "
             + ("no earlier checkpoint" if kept is None else f"the checkpoint of epoch {kept} is intact")
-            + ": free disk space, then `resume`"
+            + f": {_fix(failure, epoch)}, then `resume`"
         ) from failure
 
     def _route_thread_errors(self) -> None:
@@ -299,6 +300,21 @@ class Checkpoints:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _fix(failure: BaseException, epoch: int) -> str:
+    """What to do about a failed save, from its cause: only a full disk asks for disk space."""
+    causes, error = [], failure
+    while error is not None and len(causes) < 20:
+        causes.append(error)
+        error = error.__cause__ or error.__context__
+    if any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) for e in causes):
+        return "free disk space"
+    if any(isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) for e in causes):
+        return "make the checkpoints folder writable"
+    if any("already exists" in str(e).lower() for e in causes):
+        return f"move away what stands at checkpoint {epoch} (a link, or a folder another run left)"
+    return "check the checkpoints folder (a link there, a damaged disk)"
 
 
 def _damaged_metrics(directory: Path) -> list[int]:

@@ -137,6 +137,22 @@ RESUMABLE_FIELDS = frozenset(
     | {"eval_batch_size", "stages_count"}  # later stages do not change the epochs of earlier ones
 )
 
+# Upper bounds far past any run this machine or a TPU pod could hold, so that a typo's
+# 10^20 is refused here in one line, not as an overflow or a failed allocation later.
+LIMITS = {
+    "epochs": 10**7,
+    "batch_size": 2**24,
+    "latent_dim": 2**24,
+    "widths": 2**24,
+    "upper_widths": 2**24,
+    "upper_latent_dim": 2**24,
+    "objective_samples": 2**20,
+    "seeds": 256,  # each seed also holds an open lock on its folder
+    "eval_batch_size": 2**24,
+    "keep_checkpoints": 10**4,
+    "stages_count": 1000,
+    "stages_growth": 10**6,
+}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BINARIZATIONS = ("none", "dynamic")
 SCALE_OUTPUTS = ("logvar", "log_sigma")
@@ -157,6 +173,10 @@ def validate(config: Config) -> None:
     for name in (*positive, "stages_growth"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"`{name}` must be positive, got {getattr(config, name)}", field=name)
+    for name, limit in LIMITS.items():
+        values = getattr(config, name)
+        if max(values if isinstance(values, tuple) else [values], default=0) > limit:
+            raise ConfigError(f"`{name}` must be at most {limit:,}, got {values}", field=name)
     for name in ("learning_rate", "adam_eps", "stages_decay"):
         if not (math.isfinite(getattr(config, name)) and getattr(config, name) > 0):
             raise ConfigError(f"`{name}` must be a positive number, got {getattr(config, name)}", field=name)

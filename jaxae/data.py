@@ -347,6 +347,7 @@ def _write_cache(name: str, split: str, images: np.ndarray, labels: np.ndarray) 
 
 # More than any IDX dataset needs (EMNIST byclass: 550 MB); a header announcing more is refused.
 MAX_IDX_BYTES = 2**31
+MAX_IDX_ITEM_BYTES = 2**24  # one image of 4096 x 4096: a header announcing bigger ones is a bomb
 
 
 def read_idx(path: Path, expected_magic: int) -> np.ndarray:
@@ -361,6 +362,11 @@ def read_idx(path: Path, expected_magic: int) -> np.ndarray:
         with gzip.open(path, "rb") if gzipped else path.open("rb") as file:
             shape = _idx_shape(file, expected_magic, path)
             size = math.prod(shape)
+            if 0 in shape or (len(shape) > 1 and math.prod(shape[1:]) > MAX_IDX_ITEM_BYTES):
+                raise DataError(
+                    f"{path} announces items of shape {shape[1:]} ({len(shape) and shape[0]} of them): an IDX "
+                    f"dataset holds items of 1 to {MAX_IDX_ITEM_BYTES:,} bytes; the file is corrupt, replace it"
+                )
             if size > MAX_IDX_BYTES:
                 raise DataError(
                     f"{path} announces {shape}, {size} bytes, more than any IDX dataset: it is corrupt; replace it"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -100,6 +101,7 @@ def check_objectives(config: Config, model, images: np.ndarray) -> None:
     the objective, before anything is written."""
     batch = jax.ShapeDtypeStruct((len(images), *images.shape[1:]), jnp.float32)
     params = jax.eval_shape(lambda: train.init_params(model, images.shape[1:], jax.random.key(0)))
+    _check_memory(config, sum(leaf.size for leaf in jax.tree.leaves(params)), images.shape[1:])
     key = jax.eval_shape(lambda: jax.random.key(0))
     named = {objective_name(config): build_objective(config), **build_eval_objectives(config)}
     for name, objective in named.items():
@@ -125,6 +127,32 @@ def check_objectives(config: Config, model, images: np.ndarray) -> None:
                 f"objective {name} reports a metric named loss, which would replace its loss in the records: rename it",
                 field="objective",
             )
+
+
+def _check_memory(config: Config, num_params: int, image_shape: tuple[int, ...]) -> None:
+    """Refuses a run whose parameters and activations cannot fit the device's memory,
+    estimated from the shapes before anything is allocated (a lower bound: XLA needs more)."""
+    pixels = math.prod(image_shape)
+    width = sum(config.widths) + sum(config.upper_widths) + config.latent_dim + config.upper_latent_dim
+    samples = max(config.objective_samples, 1)
+    rows = max(config.batch_size, config.eval_batch_size) * samples * config.seeds  # images x draws in one step
+    needed = 4 * (4 * num_params * config.seeds + 2 * rows * (2 * width + pixels))
+    available = _device_memory()
+    if needed > 0.9 * available:
+        raise ConfigError(
+            f"the run needs at least {needed / 2**30:,.1f} GiB ({config.seeds} seed(s) of {num_params:,} parameters, "
+            f"{rows:,} images x draws a step), more than the {available / 2**30:,.1f} GiB of "
+            f"{jax.devices()[0].device_kind}: lower `objective_samples`, `seeds`, `batch_size` or the model's size",
+            field="objective_samples" if samples > 1 else "batch_size",
+        )
+
+
+def _device_memory() -> int:
+    """Bytes of memory of the first device: its own (accelerators), else the host's RAM."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _silent(_) -> None:

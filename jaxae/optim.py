@@ -120,6 +120,8 @@ def stages(
     boundaries, epoch = {}, 0
     for stage in range(1, count):
         epoch += growth ** (stage - 1)
+        if epoch * steps_per_epoch >= 2**31:  # a step no run reaches (the step count is int32)
+            break
         boundaries[epoch * steps_per_epoch] = decay
     return optax.piecewise_constant_schedule(learning_rate, boundaries)
 

@@ -116,3 +116,16 @@ def test_a_workdir_holding_a_run_is_not_overwritten_by_accident(tmp_path, slice_
     summary = experiment.train_and_evaluate(dataclasses.replace(config, latent_dim=6), tmp_path, overwrite=True)
     assert summary["epochs"] == 1
     assert json.loads((tmp_path / "config.json").read_text())["latent_dim"] == 6
+
+
+def test_a_failed_save_asks_for_disk_space_only_when_the_disk_is_full():
+    import errno
+
+    from jaxae.checkpoint import _fix
+
+    full = RuntimeError("write failed")
+    full.__cause__ = OSError(errno.ENOSPC, "No space left on device")
+    assert _fix(full, 3) == "free disk space"
+    assert _fix(ValueError("StepAlreadyExistsError: Step 3 already exists"), 3).startswith("move away what stands")
+    assert _fix(PermissionError(errno.EACCES, "denied"), 3) == "make the checkpoints folder writable"
+    assert "disk space" not in _fix(RuntimeError("symlink loop"), 3)

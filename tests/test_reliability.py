@@ -393,3 +393,57 @@ def test_a_signal_while_a_study_measures_stops_before_the_next_measurement_with_
     line = capsys.readouterr().err.strip()
     assert line.startswith("SIGTERM: stopped before measuring iwae-2l-k5: every run and figure measured is kept;")
     assert line.endswith("--rows all --resume")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--latent-dim", "100000000000000000000"], "--latent-dim must be at most 16,777,216"),
+        (["--stages-count", "1000000", "--schedule", "stages"], "--stages-count must be at most 1,000"),
+        (["--stages-growth", "1000000000000", "--schedule", "stages"], "--stages-growth must be at most 1,000,000"),
+        (["--objective", "iwae", "--objective-samples", "1000000"], "GiB ("),
+        (["--seeds", "100000"], "--seeds must be at most 256"),
+        (["--seeds", "256", "--widths", "100000"], "GiB (256 seed(s)"),
+    ],
+)
+def test_sizes_that_cannot_fit_are_refused_from_the_shapes_before_anything_is_allocated(
+    flags, message, slice_config, tmp_path
+):
+    run = tmp_path / "run"
+    code, stderr = run_cli([*cli_flags(slice_config, run), *flags])
+    assert code == 2 and stderr.count("\n") == 1 and message in stderr.replace("`", ""), stderr
+    assert not run.exists()
+
+
+def test_a_huge_or_deeply_nested_saved_config_and_a_one_image_table_are_one_line(slice_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for text in ("[" * 100_000 + "]" * 100_000, '{"epochs": 1' + "0" * 4000 + "}"):
+        (run / "config.json").write_text(text)
+        code, stderr = run_cli(["--workdir", str(run), "--resume"])  # no --epochs: the saved ones are read
+        assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    from experiments import iwae
+
+    assert iwae.main(["--rows", "iwae-1l-k99999999999999999999", "--workdir", str(tmp_path / "t")]) == 2
+    assert "unknown row 'iwae-1l-k99999999999999999999'" in capsys.readouterr().err
+    assert iwae.main(["--rows", "iwae-1l-k1", "--test-images", "1", "--workdir", str(tmp_path / "t")]) == 2
+    assert "needs at least 2 test images" in capsys.readouterr().err and not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("shape", [(2, 0, 28), (2, 32768, 32768)])
+def test_idx_images_of_no_pixels_or_a_bomb_header_are_refused_before_decompressing(shape, tmp_path, slice_config):
+    import gzip
+
+    from jaxae import data
+
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    header = (0x0803).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in shape)
+    images_stem, labels_stem = data.IDX_STEMS["train"]
+    with gzip.open(folder / f"{images_stem}.gz", "wb") as file:
+        file.write(header + bytes(2**20))  # a small file that would decompress to what the header says
+    (folder / labels_stem).write_bytes((0x0801).to_bytes(4, "big") + (2).to_bytes(4, "big") + bytes(2))
+    with pytest.raises(data.DataError, match="an IDX dataset holds items of 1 to 16,777,216 bytes"):
+        data.read_idx(folder / f"{images_stem}.gz", 0x0803)
+    code, stderr = run_cli(cli_flags(dataclasses.replace(slice_config, data_dir=str(folder)), tmp_path / "run"))
+    assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr and not (tmp_path / "run").exists()
