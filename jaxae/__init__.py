@@ -8,27 +8,10 @@ schedules by name), ``corruptions`` (noisy and grey inputs), ``train`` (jitted e
 whole run into a work directory), ``workdir`` (a work directory checked, written and read
 back with ``restore_run``), ``evaluate`` (reconstructions, codes, PSNR, PCA, IW-NLL),
 ``probe`` (classifiers on frozen features), ``plots`` and ``epoch_figures`` (figures),
-``files`` (atomic writes).
+``files`` (atomic writes), ``tensorboard`` (event files).
 """
 
-from jaxae import (
-    checkpoint,
-    config,
-    corruptions,
-    data,
-    epoch_figures,
-    evaluate,
-    experiment,
-    files,
-    losses,
-    models,
-    optim,
-    parallel,
-    plots,
-    probe,
-    train,
-    workdir,
-)
+import importlib
 
 __all__ = [
     "checkpoint",
@@ -45,7 +28,20 @@ __all__ = [
     "parallel",
     "plots",
     "probe",
+    "tensorboard",
     "train",
     "workdir",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``jaxae.<module>`` imports the module when first used, so ``import jaxae`` loads
+    neither Orbax nor matplotlib nor TFDS until a module that needs them is touched."""
+    if name in __all__:
+        return importlib.import_module(f"jaxae.{name}")
+    raise AttributeError(f"module 'jaxae' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
