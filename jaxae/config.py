@@ -176,7 +176,8 @@ def validate(config: Config) -> None:
     for name, limit in LIMITS.items():
         values = getattr(config, name)
         if max(values if isinstance(values, tuple) else [values], default=0) > limit:
-            raise ConfigError(f"`{name}` must be at most {limit:,}, got {values}", field=name)
+            shown = str(values) if len(str(values)) <= 30 else f"{str(values)[:12]}... ({len(str(values))} digits)"
+            raise ConfigError(f"`{name}` must be at most {limit:,}, got {shown}", field=name)
     for name in ("learning_rate", "adam_eps", "stages_decay"):
         if not (math.isfinite(getattr(config, name)) and getattr(config, name) > 0):
             raise ConfigError(f"`{name}` must be a positive number, got {getattr(config, name)}", field=name)

@@ -24,6 +24,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -64,9 +65,10 @@ def check_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: boo
         try:
             read_config(workdir)
         except ConfigError as error:
+            reason = re.search(r"\((.*)\): restore it", str(error))
             raise ConfigError(
-                f"{saved_path} is not a jaxae run's config ({str(error).split(' (', 1)[-1].rstrip(')')[:100]}), and "
-                f"`overwrite` deletes only jaxae runs: move its files away or choose another `workdir`",
+                f"{saved_path} is not a jaxae run's config ({reason[1] if reason else error}), and `overwrite` "
+                f"deletes only jaxae runs: move its files away or choose another `workdir`",
                 field="workdir",
             ) from None
     if overwrite and not saved_path.is_file():
