@@ -40,7 +40,7 @@ import numpy as np
 
 from experiments.cli import BAD_INPUT, FAULTS, Parser, check_iw_samples, count, report
 from experiments.harness import Study, main_study, parse_study
-from jaxae import evaluate, losses, train
+from jaxae import evaluate, losses, parallel, train
 from jaxae.checkpoint import state_digest
 from jaxae.config import LIMITS, Config, ConfigError, build_model, build_objective, build_optimizer, load_split
 from jaxae.files import atomic_write_text
@@ -199,6 +199,7 @@ def step_seconds(variant: Config, images: np.ndarray, steps: int = 10) -> float:
         state, key = train.create_state(model, tx, images.shape[1:], key=keys[0]), keys[0]
     epoch = train.make_train_epoch(model, build_objective(variant), variant.batch_size, stacked=stacked)
     batch = jax.device_put(images[: steps * variant.batch_size])
+    state = parallel.replicate(state, parallel.data_mesh())  # placed as training places it: one compile
     state, _ = epoch(state, batch, key)  # compiles
     jax.block_until_ready(state)
     started = time.perf_counter()
@@ -216,13 +217,14 @@ def plan(variants: dict[str, Config], workdir: Path, args: argparse.Namespace) -
         history = seed_folders(variant, workdir / name)[0] / "metrics.jsonl"
         done = len(history.read_text().splitlines()) if args.resume and history.exists() else 0
         steps = max(variant.epochs - done, 0) * -(-len(images) // variant.batch_size)
-        seconds = steps * step_seconds(variant, images) if steps else 0.0
-        total += seconds
+        if not steps:
+            print(f"  {name}: trained ({done} epochs)", flush=True)
+            continue
+        step = step_seconds(variant, images)
+        total += steps * step
         print(
             f"  {name}: epochs {done + 1}..{variant.epochs} of {variant.epochs}, {count(variant.seeds, 'seed')}, "
-            f"{seconds / 3600:.2f} h"
-            if steps
-            else f"  {name}: trained ({variant.epochs} epochs)",
+            f"{steps:,} steps of {step * 1000:.1f} ms: {steps * step / 3600:.2f} h",
             flush=True,
         )
     print(

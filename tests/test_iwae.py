@@ -221,8 +221,9 @@ def test_iwae_command_trains_rows_resumes_to_more_stages_and_measures_once(mnist
     rows = ("--rows", "vae-1l-k1", "iwae-1l-k1", "--iw-samples", "20")
     code, out, err = iwae_command(mnist_slice_dir, tmp_path, *rows, "--stages", "1", capsys=capsys)
     assert code == 0, err[-3000:]
-    plan = re.search(r"iwae-1l-k1: epochs 1\.\.1 of 1, 1 seed, (\d+\.\d+) h", out)
+    plan = re.search(r"iwae-1l-k1: epochs 1\.\.1 of 1, 1 seed, 26 steps of (\d+\.\d) ms: (\d+\.\d+) h", out)
     assert plan and out.index("the plan") < out.index("training iwae-1l-k1")  # said before training
+    assert 0 < float(plan[1]) < 100  # a batch-20 step of Burda et al.'s model, not a compile
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["iwae-1l-k1"]  # one objective at k = 1
     run = json.loads((tmp_path / "iwae-1l-k1" / "config.json").read_text())
     assert (run["widths"], run["latent_dim"], run["batch_size"]) == ([200, 200], 50, 20)
