@@ -1,6 +1,7 @@
 """The k-sample objectives (IWAE bound, VAE with k samples) and their gradient estimators."""
 
 import re
+from pathlib import Path
 
 import jax
 import jax.flatten_util
@@ -452,3 +453,37 @@ def test_the_table_shows_only_what_was_measured_on_the_run_as_it_is(mnist_slice_
     err = capsys.readouterr().err
     assert err.startswith(f"error: {cache} is a folder, not a file jaxae wrote: remove it") and err.count("\n") == 1
     shutil.rmtree(cache)
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
+
+
+def test_committed_parameters_restore_and_are_the_ones_their_table_measured():
+    import json
+
+    from jaxae.checkpoint import state_digest
+    from jaxae.workdir import restore_run
+
+    files = sorted(RESULTS.glob("iwae*/**/params.npz"))
+    assert len(files) >= 4
+    for path in files:
+        run = restore_run(path.parent)  # from params.npz: these folders keep no checkpoints
+        kept = json.loads((path.parent / "table.json").read_text())
+        assert run.epoch == kept["epochs"] and state_digest(run.params) == kept["params_digest"], path
+
+
+def test_the_committed_long_run_continues_from_its_checkpoint_with_its_optimizer_state():
+    import json
+
+    from jaxae import checkpoint
+
+    folder = RESULTS / "iwae_full" / "iwae-1l-k1"
+    history = (folder / "metrics.jsonl").read_text().splitlines()
+    run = config.Config.from_json(json.loads((folder / "config.json").read_text()))
+    assert (run.optimizer, run.scale_output, run.epochs) == ("adam_iwae", "log_sigma", 3280)
+    model = config.build_model(run, (28, 28, 1))
+    template = train.create_state(model, config.build_optimizer(run, 3000), (28, 28, 1), key=jax.random.key(0))
+    with checkpoint.Checkpoints(folder / "checkpoints") as saved:
+        state, meta = saved.restore(template, saved.latest_epoch())
+    assert meta["epoch"] == len(history) == json.loads(history[-1])["epoch"]
+    assert int(state.step) == 3000 * len(history) and int(state.opt_state[0].count) == 3000 * len(history)
