@@ -142,14 +142,17 @@ def _check_memory(config: Config, num_params: int, image_shape: tuple[int, ...])
         raise ConfigError(
             f"the run needs at least {needed / 2**30:,.1f} GiB ({config.seeds} seed(s) of {num_params:,} parameters, "
             f"{rows:,} images x draws a step), more than the {available / 2**30:,.1f} GiB of "
-            f"{jax.devices()[0].device_kind}: lower `objective_samples`, `seeds`, `batch_size` or the model's size",
+            f"{jax.local_devices()[0].device_kind}: lower `objective_samples`, `seeds`, `batch_size` or the model",
             field="objective_samples" if samples > 1 else "batch_size",
         )
 
 
 def _device_memory() -> int:
     """Bytes of memory of the first device: its own (accelerators), else the host's RAM."""
-    stats = jax.devices()[0].memory_stats() or {}
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}  # this process's own device
+    except jax.errors.JaxRuntimeError:
+        stats = {}
     if "bytes_limit" in stats:
         return int(stats["bytes_limit"])
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
