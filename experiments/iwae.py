@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import re
 import sys
@@ -41,7 +40,7 @@ import numpy as np
 from experiments.cli import BAD_INPUT, FAULTS, Parser, check_iw_samples, count, report
 from experiments.harness import Study, main_study, parse_study
 from jaxae import evaluate, losses, parallel, train
-from jaxae.checkpoint import state_digest
+from jaxae.checkpoint import meta_digest, state_digest
 from jaxae.config import LIMITS, Config, ConfigError, build_model, build_objective, build_optimizer, load_split
 from jaxae.files import atomic_write_text
 from jaxae.optim import stage_epochs
@@ -257,9 +256,7 @@ def measure_run(run: RestoredRun, samples: int) -> dict:
 
 
 def _figures_digest(figures: dict) -> str:
-    return hashlib.sha256(
-        json.dumps({k: v for k, v in figures.items() if k != "digest"}, sort_keys=True).encode()
-    ).hexdigest()
+    return meta_digest({k: v for k, v in figures.items() if k != "digest"})
 
 
 def read_cache(cache: Path) -> dict:
@@ -307,8 +304,7 @@ def analyse(variants: dict[str, Config], workdir: Path, args: argparse.Namespace
     rows = parse_rows(args.rows, args.estimator)
     measured = {}
     for name, variant in variants.items():
-        if hasattr(args, "stopping"):
-            args.stopping.check_between(f"stopped before measuring {name}: every run and figure measured is kept")
+        args.stopping.check_between(f"stopped before measuring {name}: every run and figure measured is kept")
         print(f"iwae: measuring {name} (k = {args.iw_samples})", flush=True)
         measured[name] = [measure(folder, args.iw_samples) for folder in seed_folders(variant, workdir / name)]
     table = [table_row(row, measured[row.run_name]) for row in rows]

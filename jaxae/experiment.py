@@ -38,7 +38,7 @@ from jaxae.config import (
     validate,
 )
 from jaxae.files import atomic_write_text
-from jaxae.workdir import SeedRun, check_workdir, owned, prepare_workdir, seed_workdirs
+from jaxae.workdir import SeedRun, check_workdir, data_digest, owned, prepare_workdir, seed_workdirs
 
 
 def train_and_evaluate(
@@ -94,14 +94,12 @@ def train_and_evaluate(
         )
 
 
-def check_objectives(config: Config, model, images: np.ndarray) -> None:
+def check_objectives(config: Config, model, params, images: np.ndarray) -> None:
     """Checks the run's objectives keep the contract on a batch of ``images`` (shapes
-    only, nothing computed): one loss per image, metrics of one value per image, none
-    named ``loss``; and that each can score the model at all. Raises ConfigError naming
-    the objective, before anything is written."""
+    only, nothing computed; ``params`` may be abstract): one loss per image, metrics of one
+    value per image, none named ``loss``; and that each can score the model at all. Raises
+    ConfigError naming the objective, before anything is written."""
     batch = jax.ShapeDtypeStruct((len(images), *images.shape[1:]), jnp.float32)
-    params = jax.eval_shape(lambda: train.init_params(model, images.shape[1:], jax.random.key(0)))
-    _check_memory(config, sum(leaf.size for leaf in jax.tree.leaves(params)), images.shape[1:])
     key = jax.eval_shape(lambda: jax.random.key(0))
     named = {objective_name(config): build_objective(config), **build_eval_objectives(config)}
     for name, objective in named.items():
@@ -208,12 +206,15 @@ def _train_and_evaluate(
         f"{config.batch_size // mesh.size} images per device per step"
     )
     model = build_model(config, train_set.images.shape[1:])
-    check_objectives(config, model, train_set.images[:2])
+    shapes = jax.eval_shape(lambda: train.init_params(model, train_set.images.shape[1:], jax.random.key(0)))
+    _check_memory(config, sum(leaf.size for leaf in jax.tree.leaves(shapes)), train_set.images.shape[1:])
+    check_objectives(config, model, shapes, train_set.images[:2])
     tx = build_optimizer(config, steps_per_epoch=math.ceil(len(train_set) / config.batch_size))  # one for all seeds
     if config.seeds > 1:
         prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
     folders = seed_workdirs(config, workdir)
-    runs = [SeedRun(model, tx, c, folder, train_set, test_set, mesh, started) for c, folder in folders]
+    digest = data_digest(train_set.images, test_set.images)  # once for all seeds
+    runs = [SeedRun(model, tx, c, folder, train_set, test_set, mesh, started, digest) for c, folder in folders]
     states = [run.start(resume=resume, overwrite=overwrite, fall_back=fall_back, log=log) for run in runs]
     start_epochs = {len(run.history) for run in runs}
     if len(start_epochs) > 1:

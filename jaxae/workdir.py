@@ -275,6 +275,7 @@ class SeedRun:
         test_set: data.Dataset,
         mesh,
         started: float,
+        data_digest: str,
     ):
         self.model, self.tx, self.config, self.workdir, self.mesh = model, tx, config, workdir, mesh
         self.started = started
@@ -283,7 +284,7 @@ class SeedRun:
         self.init_key, self.train_key, sample_key = jax.random.split(self.root_key, 3)
         self.figures = RunFigures(model, config, workdir / "figures", train_set.images, test_set.images, sample_key)
         self.output_bias = models.mean_pixel_logits(train_set.images) if config.init_output_bias else None
-        self.data_digest = data_digest(train_set.images, test_set.images)
+        self.data_digest = data_digest  # of the images it trains and is tested on (:func:`data_digest`)
         self.checkpoints: Checkpoints | None = None
         self.events = None  # a jaxae.tensorboard.EventWriter, when the run writes events
         self.history: list[dict] = []
