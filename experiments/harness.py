@@ -155,6 +155,9 @@ class Study:
     fixed: tuple[str, ...] = ("model", "seeds")  # Config fields the study sets itself
     plan: Callable[[dict[str, Config], Path, argparse.Namespace], None] | None = None
     report: Callable[[dict], str] | None = None  # the last thing printed; default: the figures on one line
+    # with --resume, whether a variant's run (config, its folder) finished and kept what
+    # ``analyse`` needs without checkpoints, so that there is nothing to train
+    finished: Callable[[Config, Path], bool] = lambda config, folder: False
 
 
 def parse_study(
@@ -197,6 +200,8 @@ def _run_study(config: Config, args: argparse.Namespace, study: Study) -> int:
         if study.plan is not None and speaks:
             study.plan(variants, workdir, args)
         for name, variant in variants.items():
+            if args.resume and study.finished(variant, workdir / name):
+                continue
             if speaks:
                 print(f"{study.name}: training {name} ({variant.model}, {variant.latent_dim}-d code)", flush=True)
             flags = {**values, "resume": args.resume and name in started}  # the study's other runs start

@@ -44,7 +44,7 @@ from jaxae.checkpoint import meta_digest, state_digest
 from jaxae.config import LIMITS, Config, ConfigError, build_model, build_objective, build_optimizer, load_split
 from jaxae.files import atomic_write_text
 from jaxae.optim import stage_epochs
-from jaxae.workdir import RestoredRun, locked, restore_run, save_params, seed_workdirs
+from jaxae.workdir import PARAMS_FILE, RestoredRun, locked, restore_run, save_params, seed_workdirs
 
 BATCH_SIZE = 20
 # The setup of the authors' code, which produced the paper's Table 1: its Adam, sigma = exp(out).
@@ -213,8 +213,7 @@ def plan(variants: dict[str, Config], workdir: Path, args: argparse.Namespace) -
     print("iwae: the plan, projected from this machine's own training steps:", flush=True)
     total = 0.0
     for name, variant in variants.items():
-        history = seed_folders(variant, workdir / name)[0] / "metrics.jsonl"
-        done = len(history.read_text().splitlines()) if args.resume and history.exists() else 0
+        done = trained_epochs(seed_folders(variant, workdir / name)[0]) if args.resume else 0
         steps = max(variant.epochs - done, 0) * -(-len(images) // variant.batch_size)
         if not steps:
             print(f"  {name}: trained ({done} epochs)", flush=True)
@@ -236,6 +235,26 @@ def plan(variants: dict[str, Config], workdir: Path, args: argparse.Namespace) -
 def seed_folders(variant: Config, folder: Path) -> list[Path]:
     """The folders of a row's seeds: the row's own for one seed, else its ``seed_<s>/``."""
     return [path for _, path in seed_workdirs(variant, folder)]
+
+
+def trained_epochs(folder: Path) -> int:
+    """The epochs a run's ``metrics.jsonl`` records (0 when it has none)."""
+    history = folder / "metrics.jsonl"
+    return len(history.read_text().splitlines()) if history.exists() else 0
+
+
+def kept_figures(folder: Path) -> bool:
+    """Whether a finished run that keeps no checkpoint kept what the table needs of it:
+    its parameters, or figures measured of them (``table.json``) at its last epoch."""
+    if (folder / "checkpoints").exists() or not (folder / "metrics.jsonl").exists():
+        return False
+    return (folder / PARAMS_FILE).exists() or read_cache(folder / "table.json").get("epochs") == trained_epochs(folder)
+
+
+def finished(variant: Config, folder: Path) -> bool:
+    """Every seed of the row trained all its epochs and kept its parameters or figures in
+    place of checkpoints: --resume has nothing to train (and no optimizer state to train on)."""
+    return all(trained_epochs(seed) == variant.epochs and kept_figures(seed) for seed in seed_folders(variant, folder))
 
 
 def measure_run(run: RestoredRun, samples: int) -> dict:
@@ -283,9 +302,11 @@ def measure(folder: Path, samples: int) -> dict:
     unless that file holds figures of these very parameters (their digest) at ``samples``."""
     cache = folder / "table.json"
     with locked(folder):  # a run being measured is not overwritten meanwhile
+        kept = read_cache(cache)
+        if kept_figures(folder) and not (folder / PARAMS_FILE).exists() and kept.get("iw_samples") == samples:
+            return kept  # figures whose parameters were not kept: they cannot be measured again
         run = restore_run(folder)
         params = state_digest(run.params)
-        kept = read_cache(cache)
         if kept.get("params_digest") == params and kept.get("iw_samples") == samples:
             return kept
         if cache.exists():
@@ -467,7 +488,7 @@ def markdown(results: dict) -> str:
 
 FIXED = ("model", "widths", "latent_dim", "upper_widths", "upper_latent_dim", "binarize", "epochs")
 FIXED += ("objective", "objective_samples", "objective_estimator", "stages_count", "batch_size", "init_output_bias")
-STUDY = Study("iwae", variants, analyse, add_flags, fixed=FIXED, plan=plan, report=markdown)
+STUDY = Study("iwae", variants, analyse, add_flags, fixed=FIXED, plan=plan, report=markdown, finished=finished)
 
 
 def defaults(argv: list[str]) -> Config:

@@ -387,6 +387,13 @@ def test_iwae_rows_over_seeds_keep_their_parameters_and_measure_again_from_them(
         assert f"table.json: {figures['test_nll']:.2f}" in line
     assert not any((folder / "checkpoints").exists() for folder in seeds)  # nothing was trained
 
+    (seeds[1] / "params.npz").unlink()  # only its figures are kept
+    assert iwae.main([*flags, "--seeds", "2", "--resume"]) == 0, capsys.readouterr().err[-3000:]
+    out = capsys.readouterr().out
+    assert "iwae-1l-k1: trained (1 epochs)" in out and "training iwae-1l-k1" not in out
+    assert not any((folder / "checkpoints").exists() for folder in seeds)  # finished runs are not trained again
+    assert json.loads((tmp_path / "summary.json").read_text())["iwae"]["rows"][0] == row
+
 
 def test_a_runs_figures_are_titled_by_what_it_trains():
     import argparse
