@@ -33,6 +33,7 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -50,7 +51,7 @@ import numpy as np
 
 from experiments import iwae, torch_reference
 from experiments.cli import Parser, compilation_cache
-from jaxae import data, evaluate, models, parallel, train
+from jaxae import data, evaluate, models, parallel, seeds, train
 from jaxae.config import DTYPES, Config, build_model, build_objective, build_optimizer
 from jaxae.files import atomic_write_text
 
@@ -72,14 +73,15 @@ def matmul_gflops(dtype: str, size: int, repeats: int = 5) -> float:
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def step_flops(model, objective, state, images: np.ndarray, batch_size: int, stacked: bool) -> float:
-    """XLA's FLOP count for one train step on one batch (all seeds when stacked)."""
+def step_flops(model, objective, state, images: np.ndarray, batch_size: int, models: int) -> float:
+    """XLA's FLOP count for one train step on one batch (of all ``models`` when several)."""
     step = train.make_train_step(model, objective)
-    if stacked:
-        step = jax.vmap(step, in_axes=(0, None, None, 0))
     batch = jnp.asarray(images[:batch_size])
     mask = jnp.ones(batch_size)
-    key = train.seed_keys(range(state.step.shape[0])) if stacked else jax.random.key(0)
+    if models > 1:
+        step, key = jax.vmap(step, in_axes=(0, None, None, 0)), seeds.seed_keys(range(models))
+    else:
+        key = jax.random.key(0)
     cost = jax.jit(step).lower(state, batch, mask, key).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost["flops"])
@@ -161,31 +163,25 @@ def benchmark(config: Config, images: np.ndarray, epochs: int, *, profile: bool 
     With ``profile``, one more epoch runs under the profiler: ``profiled_epoch_seconds``
     and ``top_ops`` (see :func:`top_ops`).
     """
-    batch_size, seeds = config.batch_size, config.seeds
+    batch_size, seed_count = config.batch_size, config.seeds
     model = build_model(config, images.shape[1:])
     objective = build_objective(config)
     tx = build_optimizer(config, steps_per_epoch=math.ceil(len(images) / batch_size))
-    stacked = seeds > 1
-    if stacked:
-        keys = train.seed_keys(range(seeds))
-        state = train.create_states(model, tx, images.shape[1:], keys=keys)
+    if seed_count > 1:
+        keys = seeds.seed_keys(range(seed_count))
+        state = seeds.create_states(model, tx, images.shape[1:], keys=keys)
+        make_epoch, epoch_keys = seeds.make_train_epoch, functools.partial(seeds.epoch_keys, keys)
     else:
         keys = jax.random.key(0)
         state = train.create_state(model, tx, images.shape[1:], key=keys)
+        make_epoch, epoch_keys = train.make_train_epoch, functools.partial(train.epoch_key, keys)
 
-    def epoch_keys(epoch: int) -> jax.Array:
-        return train.epoch_key(keys, epoch, stacked=stacked)
-
-    flops = step_flops(model, objective, state, images, batch_size, stacked) * math.ceil(len(images) / batch_size)
+    flops = step_flops(model, objective, state, images, batch_size, seed_count) * math.ceil(len(images) / batch_size)
     device_images = jax.device_put(images)
 
     def compile_epoch() -> tuple[float, Callable]:
         start = time.perf_counter()
-        program = (
-            train.make_train_epoch(model, objective, batch_size, stacked=stacked)
-            .lower(state, device_images, epoch_keys(0))
-            .compile()
-        )
+        program = make_epoch(model, objective, batch_size).lower(state, device_images, epoch_keys(0)).compile()
         return time.perf_counter() - start, program
 
     def run_epoch(program: Callable, epoch: int) -> float:
@@ -213,7 +209,7 @@ def benchmark(config: Config, images: np.ndarray, epochs: int, *, profile: bool 
         "model": row_name(config),
         "batch_size": batch_size,
         "dtype": config.dtype,
-        "seeds": seeds,
+        "seeds": seed_count,
         "images": len(images),
         "compile_seconds": compile_seconds,
         "first_epoch_seconds": first_epoch_seconds,
@@ -221,7 +217,7 @@ def benchmark(config: Config, images: np.ndarray, epochs: int, *, profile: bool 
         "cache_hit": bool(hits),
         "first_epoch_cached_seconds": first_epoch_cached_seconds,
         "epoch_seconds": steady,
-        "images_per_second": seeds * len(images) / steady,
+        "images_per_second": seed_count * len(images) / steady,
         "flops_per_epoch": flops,
         "gflops_per_second": flops / steady / 1e9,
         **profiled,

@@ -39,7 +39,7 @@ import numpy as np
 
 from experiments.cli import BAD_INPUT, FAULTS, Parser, check_iw_samples, count, report
 from experiments.harness import Study, main_study, parse_study
-from jaxae import evaluate, losses, parallel, train
+from jaxae import evaluate, losses, parallel, seeds, train
 from jaxae.checkpoint import meta_digest, state_digest
 from jaxae.config import LIMITS, Config, ConfigError, build_model, build_objective, build_optimizer, load_split
 from jaxae.files import atomic_write_text
@@ -190,13 +190,15 @@ def step_seconds(variant: Config, images: np.ndarray, steps: int = 10) -> float:
     ``steps`` steps timed after a compiled warm-up."""
     model = build_model(variant, images.shape[1:])
     tx = build_optimizer(variant, steps_per_epoch=steps)
-    keys = train.seed_keys(range(variant.seed, variant.seed + variant.seeds))
-    stacked = variant.seeds > 1
-    if stacked:
-        state, key = train.create_states(model, tx, images.shape[1:], keys=keys), keys
+    objective = build_objective(variant)
+    if variant.seeds > 1:
+        key = seeds.seed_keys(range(variant.seed, variant.seed + variant.seeds))
+        state = seeds.create_states(model, tx, images.shape[1:], keys=key)
+        epoch = seeds.make_train_epoch(model, objective, variant.batch_size)
     else:
-        state, key = train.create_state(model, tx, images.shape[1:], key=keys[0]), keys[0]
-    epoch = train.make_train_epoch(model, build_objective(variant), variant.batch_size, stacked=stacked)
+        key = jax.random.key(variant.seed)
+        state = train.create_state(model, tx, images.shape[1:], key=key)
+        epoch = train.make_train_epoch(model, objective, variant.batch_size)
     batch = jax.device_put(images[: steps * variant.batch_size])
     state = parallel.replicate(state, parallel.data_mesh())  # placed as training places it: one compile
     state, _ = epoch(state, batch, key)  # compiles
@@ -329,7 +331,7 @@ def analyse(variants: dict[str, Config], workdir: Path, args: argparse.Namespace
         print(f"iwae: measuring {name} (k = {args.iw_samples})", flush=True)
         measured[name] = [measure(folder, args.iw_samples) for folder in seed_folders(variant, workdir / name)]
     table = [table_row(row, measured[row.run_name]) for row in rows]
-    epochs = sorted({figures["epochs"] for seeds in measured.values() for figures in seeds})
+    epochs = sorted({figures["epochs"] for per_seed in measured.values() for figures in per_seed})
     stages = [count for count in range(1, PAPER_STAGES + 1) if [stage_epochs(count)] == epochs]
     # the heading says what the rows ran, whatever --stages asked for
     results = {"stages": stages[0] if stages else None, "epochs": epochs[0] if len(epochs) == 1 else epochs}
@@ -363,26 +365,26 @@ def remeasure(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def table_row(row: Row, seeds: list[dict]) -> dict:
+def table_row(row: Row, per_seed: list[dict]) -> dict:
     """A row of the table from its seeds' figures: the mean NLL over seeds, the test images'
     standard error, and with several seeds the spread (sample sd) of NLL and active units."""
     paper = PAPER.get(row.paper_name)
-    nll = float(np.mean([figures["test_nll"] for figures in seeds]))
-    units = np.array([figures["active_units"] for figures in seeds], float)  # (seeds, layers)
-    several = len(seeds) > 1
+    nll = float(np.mean([figures["test_nll"] for figures in per_seed]))
+    units = np.array([figures["active_units"] for figures in per_seed], float)  # (seeds, layers)
+    several = len(per_seed) > 1
     return {
         "row": row.name,
         "paper_nll": paper,
         "nll": round(nll, 2),
-        "nll_stderr": round(max(figures["test_nll_stderr"] for figures in seeds), 2),
-        "seeds": len(seeds),
-        "nll_seed_sd": round(float(np.std([f["test_nll"] for f in seeds], ddof=1)), 2) if several else None,
+        "nll_stderr": round(max(figures["test_nll_stderr"] for figures in per_seed), 2),
+        "seeds": len(per_seed),
+        "nll_seed_sd": round(float(np.std([f["test_nll"] for f in per_seed], ddof=1)), 2) if several else None,
         "difference": None if paper is None else round(nll - paper, 2),
         "active_units": [round(float(u), 1) if several else int(u) for u in units.mean(axis=0)],
         "active_units_seed_sd": [round(float(sd), 1) for sd in units.std(axis=0, ddof=1)] if several else None,
-        "budget": count(seeds[0]["epochs"], "epoch"),
-        "train_seconds": round(float(np.mean([figures["train_seconds"] for figures in seeds]))),
-        "nll_seconds": round(float(np.mean([figures["nll_seconds"] for figures in seeds]))),
+        "budget": count(per_seed[0]["epochs"], "epoch"),
+        "train_seconds": round(float(np.mean([figures["train_seconds"] for figures in per_seed]))),
+        "nll_seconds": round(float(np.mean([figures["nll_seconds"] for figures in per_seed]))),
     }
 
 

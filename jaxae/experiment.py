@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import parallel, train
+from jaxae import parallel, seeds, train
 from jaxae.config import (
     Config,
     ConfigError,
@@ -221,33 +221,25 @@ def _train_and_evaluate(
         raise ConfigError(
             f"the seeds of {workdir} stopped at different epochs {sorted(start_epochs)}: `overwrite` to start again"
         )
-    stacked = config.seeds > 1
-    state = train.stack(states) if stacked else states[0]
-    train_key = jnp.stack([run.train_key for run in runs]) if stacked else runs[0].train_key
 
-    def on_epoch_end(state: train.TrainState, record: dict) -> None:
-        for i, run in enumerate(runs):
-            if stacked:
-                seed_record = {k: v[i] if isinstance(v, list) else v for k, v in record.items()}
-                run.end_epoch(train.unstack(state, i), seed_record)
-            else:
-                run.end_epoch(state, record)
+    def on_epoch_end(states: list[train.TrainState], record: dict) -> None:
+        for index, (run, state) in enumerate(zip(runs, states, strict=True)):
+            run.end_epoch(state, seeds.seed_record(record, index))
         on_epoch(record)
 
     try:
-        state, _ = train.fit(
-            state,
+        states = seeds.fit(
+            states,
             model,
             build_objective(config),
             train_set.images,
             test_set.images,
-            key=train_key,
+            keys=[run.train_key for run in runs],
             epochs=config.epochs,
             batch_size=config.batch_size,
             start_epoch=start_epochs.pop(),
             on_epoch_end=on_epoch_end,
             mesh=mesh,
-            stacked=stacked,
             evaluate_with=build_eval_objectives(config),
             eval_batch_size=config.eval_batch_size,
         )
@@ -256,11 +248,11 @@ def _train_and_evaluate(
         kept_text = "no checkpoint was saved" if kept is None else f"the checkpoint of epoch {kept} is kept"
         raise train.TrainingDiverged(f"{error}; {kept_text} in {workdir}") from None
     else:
-        summaries = [run.finish(train.unstack(state, i) if stacked else state) for i, run in enumerate(runs)]
+        summaries = [run.finish(state) for run, state in zip(runs, states, strict=True)]
     finally:
         for run in runs:
             run.close()
-    return summaries[0] if not stacked else _seeds_summary(config, workdir, summaries)
+    return summaries[0] if len(runs) == 1 else _seeds_summary(config, workdir, summaries)
 
 
 def _check_data(config: Config, images: np.ndarray, test_images: np.ndarray) -> None:

@@ -11,6 +11,10 @@ across devices. The batch size is global: it must divide by the number of device
 
 Randomness is explicit. ``fit`` derives every epoch's key as ``fold_in(train_key, epoch)``,
 so a run resumed from epoch ``k`` draws exactly the keys an uninterrupted run would.
+
+This module trains one model. Each per-model function goes through a ``vectorize(fn,
+in_axes)`` that leaves it as it is; :mod:`jaxae.seeds` passes ``jax.vmap`` instead, to
+train several seeds at once.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -32,6 +36,12 @@ from jaxae.losses import Objective
 
 TrainState = train_state.TrainState
 EpochCallback = Callable[[TrainState, dict], None]
+Vectorize = Callable[[Callable, tuple], Callable]  # (fn, in_axes) -> fn over a batch of models, or fn
+
+
+def one_model(fn: Callable, in_axes: tuple) -> Callable:
+    """The default ``vectorize``: ``fn`` as it is, for one model."""
+    return fn
 
 
 class TrainingDiverged(RuntimeError):
@@ -120,15 +130,15 @@ def make_train_epoch(
     objective: Objective,
     batch_size: int,
     *,
-    stacked: bool = False,
     mesh: jax.sharding.Mesh | None = None,
+    vectorize: Vectorize = one_model,
 ) -> Callable:
     """A jitted ``train_epoch(state, images uint8 (N, H, W, C), key) -> (state, means)``.
 
     Each global batch of ``batch_size`` images is split over the devices of ``mesh``
-    (default: all devices). With ``stacked``, ``state`` and ``key`` carry a leading seed
-    axis ``(S, ...)`` and the S models train at once (``jax.vmap``) on the same images,
-    each in its own order. The state argument is donated: do not use it after the call.
+    (default: all devices). ``vectorize`` is applied to the epoch of one model with the
+    in_axes ``(0, None, 0)`` (see :mod:`jaxae.seeds`). The state argument is donated: do
+    not use it after the call.
 
     Raises:
         ValueError: ``batch_size`` does not divide by the number of devices.
@@ -153,7 +163,7 @@ def make_train_epoch(
         state, sums = jax.lax.scan(body, state, (indices, mask, step_keys))
         return state, _means(sums)
 
-    return _jit_over_mesh(_over_seeds(train_epoch, stacked), mesh, donate=True)
+    return _jit_over_mesh(vectorize(train_epoch, (0, None, 0)), mesh, donate=True)
 
 
 def parallel_batch(batch: tuple[jax.Array, jax.Array, jax.Array], sharding) -> tuple:
@@ -161,11 +171,6 @@ def parallel_batch(batch: tuple[jax.Array, jax.Array, jax.Array], sharding) -> t
     indices, mask, key = batch
     constrain = jax.lax.with_sharding_constraint
     return constrain(indices, sharding), constrain(mask, sharding), key
-
-
-def _over_seeds(fn: Callable, stacked: bool) -> Callable:
-    """``fn(state_or_params, images, key)``, vmapped over a leading seed axis when stacked."""
-    return jax.vmap(fn, in_axes=(0, None, 0)) if stacked else fn
 
 
 def _jit_over_mesh(fn: Callable, mesh: jax.sharding.Mesh, *, donate: bool = False) -> Callable:
@@ -183,15 +188,15 @@ def make_evaluate(
     objectives: dict[str, Objective],
     batch_size: int = 1000,
     *,
-    stacked: bool = False,
     mesh: jax.sharding.Mesh | None = None,
+    vectorize: Vectorize = one_model,
 ) -> Callable:
     """A jitted ``evaluate(params, images uint8 (N, H, W, C), key) -> {name: means}`` over all N images.
 
     One pass over the images scores every objective of ``objectives``, each with the
     batch's key. Batches of about ``batch_size`` (rounded up to a multiple of the device
-    count) are split over the devices of ``mesh`` (default: all). With ``stacked``,
-    ``params`` and ``key`` carry a leading seed axis.
+    count) are split over the devices of ``mesh`` (default: all). ``vectorize`` as in
+    :func:`make_train_epoch`.
     """
     mesh = parallel.data_mesh() if mesh is None else mesh
     split = parallel.batch_sharding(mesh)
@@ -215,42 +220,12 @@ def make_evaluate(
         _, sums = jax.lax.scan(body, None, (indices, mask, keys))
         return {name: _means(totals) for name, totals in sums.items()}
 
-    return _jit_over_mesh(_over_seeds(evaluate, stacked), mesh)
+    return _jit_over_mesh(vectorize(evaluate, (0, None, 0)), mesh)
 
 
-@jax.jit
-def stack(trees: list):
-    """Pytrees of one seed each -> one pytree with a leading seed axis (one program for the
-    whole tree, not one eager op and compile per leaf shape)."""
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def _per_seed(fn: Callable, stacked: bool) -> Callable:
-    """``fn(key)``, applied to each seed's key when ``stacked``."""
-    return jax.vmap(fn) if stacked else fn
-
-
-def seed_keys(seeds: Sequence[int]) -> jax.Array:
-    """``jax.random.key(s)`` for each seed, stacked ``(S,)``: the keys of ``S`` runs trained at once."""
-    return jnp.stack([jax.random.key(seed) for seed in seeds])
-
-
-def epoch_key(key: jax.Array, epoch: int, *, stacked: bool = False) -> jax.Array:
-    """The key of ``epoch``: ``fold_in(key, epoch)``, for each seed's key when ``stacked``."""
-    return _per_seed(lambda k: jax.random.fold_in(k, epoch), stacked)(key)
-
-
-def create_states(
-    model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, int, int], *, keys: jax.Array
-) -> TrainState:
-    """One fresh state per key of ``keys (S,)``, stacked along a leading seed axis (see :func:`fit`)."""
-    return stack([create_state(model, tx, image_shape, key=key) for key in keys])
-
-
-@jax.jit
-def unstack(tree, index: int):
-    """One seed's slice of a stacked pytree (one program for every seed's index)."""
-    return jax.tree.map(lambda leaf: leaf[index], tree)
+def epoch_key(key: jax.Array, epoch: int, *, vectorize: Vectorize = one_model) -> jax.Array:
+    """The key of ``epoch``: ``fold_in(key, epoch)``."""
+    return vectorize(jax.random.fold_in, (0, None))(key, epoch)
 
 
 def fit(
@@ -266,7 +241,7 @@ def fit(
     start_epoch: int = 0,
     on_epoch_end: EpochCallback | None = None,
     mesh: jax.sharding.Mesh | None = None,
-    stacked: bool = False,
+    vectorize: Vectorize = one_model,
     evaluate_with: dict[str, Objective] | None = None,
     eval_batch_size: int = 1000,
 ) -> tuple[TrainState, list[dict]]:
@@ -280,9 +255,9 @@ def fit(
         on_epoch_end: called as ``on_epoch_end(state, record)`` after each epoch.
         mesh: the devices to train on (default: all, over all processes); ``batch_size``
             is the global batch. Every process passes the same arguments.
-        stacked: train ``S`` models at once: ``state`` carries a leading seed axis
-            (:func:`create_states`) and ``key`` is ``S`` keys (:func:`seed_keys`); each
-            model trains exactly as it would alone with its own key.
+        vectorize: applied to each function of one model with its in_axes; ``jax.vmap``
+            trains ``S`` models at once, ``state`` and ``key`` carrying a leading axis
+            (:func:`jaxae.seeds.fit`).
         evaluate_with: more objectives to score the test set with, by name, besides
             the training objective (a tighter bound, the ELBO of a model trained on
             another objective).
@@ -292,25 +267,25 @@ def fit(
         The final state and one record per epoch trained: ``epoch``, ``train_<metric>``,
         ``test_<metric>`` (``loss`` and the training objective's metrics),
         ``test_<name>_<metric>`` for each objective of ``evaluate_with``, and
-        ``epoch_seconds``. With ``stacked`` each metric is a list of ``S`` values.
+        ``epoch_seconds``. Over ``S`` models each metric is a list of ``S`` values.
 
     Raises:
         TrainingDiverged: a loss became NaN or infinite; ``state`` from before that epoch
             was already handed to ``on_epoch_end``.
     """
-    keys = _per_seed(jax.random.split, stacked)(key)
+    keys = vectorize(jax.random.split, (0,))(key)
     train_key, eval_key = keys[..., 0], keys[..., 1]
     mesh = parallel.data_mesh() if mesh is None else mesh
-    train_epoch = make_train_epoch(model, objective, batch_size, stacked=stacked, mesh=mesh)
+    train_epoch = make_train_epoch(model, objective, batch_size, mesh=mesh, vectorize=vectorize)
     objectives = {"": objective, **(evaluate_with or {})}
-    evaluate = make_evaluate(model, objectives, eval_batch_size, stacked=stacked, mesh=mesh)
+    evaluate = make_evaluate(model, objectives, eval_batch_size, mesh=mesh, vectorize=vectorize)
     state, train_images, test_images, train_key, eval_key = parallel.replicate(
         (state, train_images, test_images, train_key, eval_key), mesh
     )
     history = []
     for epoch in range(start_epoch + 1, epochs + 1):
         start = time.perf_counter()
-        state, train_means = train_epoch(state, train_images, epoch_key(train_key, epoch, stacked=stacked))
+        state, train_means = train_epoch(state, train_images, epoch_key(train_key, epoch, vectorize=vectorize))
         test_means = evaluate(state.params, test_images, eval_key)
         train_means, test_means = jax.device_get((train_means, test_means))
         record = {"epoch": epoch}

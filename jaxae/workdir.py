@@ -35,7 +35,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from jaxae import data, models, parallel, train
+from jaxae import data, models, parallel, seeds, train
 from jaxae.checkpoint import LOG_FILE, CheckpointError, Checkpoints
 from jaxae.config import RESUMABLE_FIELDS, Config, ConfigError, build_model, load_split
 from jaxae.epoch_figures import RunFigures
@@ -518,7 +518,7 @@ def restore_run(workdir: str | Path, epoch: int | None = None) -> RestoredRun:
     """Reads back a run's Config, model and parameters after ``epoch`` (default: the latest).
 
     No optimizer state and no data are read. A run of several seeds comes back with its
-    parameters stacked along a leading seed axis; ``workdir/seed_<s>`` is one seed alone.
+    parameters on a leading seed axis (:func:`jaxae.seeds.stack`); ``workdir/seed_<s>`` is one seed alone.
 
     Raises:
         ConfigError: ``workdir`` holds no run or no checkpoint.
@@ -533,7 +533,7 @@ def restore_run(workdir: str | Path, epoch: int | None = None) -> RestoredRun:
         raise ConfigError(f"the seeds of {workdir} stopped at different epochs {sorted(epochs)}: name one `epoch`")
     model, params, found_epoch = restored[0]
     if len(restored) > 1:
-        params = train.stack([p for _, p, _ in restored])
+        params = seeds.stack([p for _, p, _ in restored])
     return RestoredRun(config, model, params, found_epoch, workdir, tuple(c.seed for c, _ in folders))
 
 
