@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -124,10 +125,10 @@ class Checkpoints:
                 shutil.move(self.directory / str(epoch), damaged_to / str(epoch))
             self.set_aside_on_open.append(damaged_to / str(epoch))
         parallel.sync(f"opened {self.directory}")
-        self._log, self._failed = _QuietFileHandler(self.directory.parent / LOG_FILE), False
-        for name in ORBAX_LOGGERS:
-            logging.getLogger(name).addHandler(self._log)
-            logging.getLogger(name).propagate = False
+        self._log = _QuietFileHandler(self.directory.parent / LOG_FILE)
+        self._routing = contextlib.ExitStack()  # undone by close()
+        self._routing.enter_context(routed_logs(self._log, ORBAX_LOGGERS))
+        self._failed = False
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, epoch: int, state: TrainState, meta: dict, test_loss: float) -> None:
@@ -145,8 +146,9 @@ class Checkpoints:
             return
         except Exception as error:
             failure = error
+        if not self._failed:
+            self._routing.enter_context(routed_thread_errors(self._log))
         self._failed = True
-        self._route_thread_errors()
         with contextlib.suppress(Exception):  # Orbax's other writer threads may still be failing
             self._manager.wait_until_finished()
         self._manager.reload()  # forget the step that was not written
@@ -156,21 +158,6 @@ class Checkpoints:
             + ("no earlier checkpoint" if kept is None else f"the checkpoint of epoch {kept} is intact")
             + f": {_fix(failure, epoch)}, then `resume`"
         ) from failure
-
-    def _route_thread_errors(self) -> None:
-        """Sends the errors of threads that die after a failed save (Orbax's writers and
-        their event loops) to the log file for the rest of the process."""
-        log = logging.getLogger("jaxae.checkpoint.threads")
-        log.addHandler(self._log)
-        log.propagate = False
-        threading.excepthook = lambda args: log.error(
-            "thread %s died", args.thread, exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
-        )
-        sys.unraisablehook = lambda unraisable: log.error(
-            "%s",
-            unraisable.err_msg or "unraisable exception",
-            exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
-        )
 
     def epochs(self) -> list[int]:
         """Epochs with a saved checkpoint, ascending."""
@@ -282,16 +269,14 @@ class Checkpoints:
         return target
 
     def close(self) -> None:
-        """Waits for Orbax's writers, then stops routing its logs to the log file; after a
-        failed save they keep going there, as Orbax's failed writers report until the end."""
+        """Waits for Orbax's writers, then gives Orbax's logs back. After a failed save the
+        writers that failed go on reporting until the process ends (Orbax gives no handle
+        on them), so their logs and the thread hooks stay routed to the log file."""
         try:
             self._manager.close()
         finally:
-            if not self._failed:
-                for name in ORBAX_LOGGERS:
-                    logger = logging.getLogger(name)
-                    logger.removeHandler(self._log)
-                    logger.propagate = not any(isinstance(h, _QuietFileHandler) for h in logger.handlers)
+            if not self._failed:  # else Orbax's failed writers report until the process ends
+                self._routing.close()
                 with contextlib.suppress(OSError):  # flushing the log on a full disk
                     self._log.close()
 
@@ -300,6 +285,77 @@ class Checkpoints:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# Routings open now: several runs' checkpoints may be open at once and close in any order,
+# so each logger (and the thread hooks) goes back as it was only when its last routing ends.
+_ROUTES: dict[str, list[logging.Handler]] = {}
+_BEFORE: dict[str, object] = {}
+
+
+@contextlib.contextmanager
+def _routed(name: str, handler: logging.Handler, route: Callable[[], object], restore: Callable[[object], None]):
+    """Within: ``route()`` has been called once for all routings of ``name`` open at once;
+    after the last, ``restore`` receives what the first ``route()`` returned."""
+    if not _ROUTES.get(name):
+        _BEFORE[name] = route()
+    _ROUTES.setdefault(name, []).append(handler)
+    try:
+        yield
+    finally:
+        _ROUTES[name].remove(handler)
+        if not _ROUTES[name]:
+            restore(_BEFORE.pop(name))
+
+
+@contextlib.contextmanager
+def routed_logs(handler: logging.Handler, names: tuple[str, ...]) -> Iterator[None]:
+    """Within: the loggers ``names`` write to ``handler`` and no further; after, as they were."""
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            logger = logging.getLogger(name)
+            logger.addHandler(handler)
+            stack.callback(logger.removeHandler, handler)
+
+            def route(logger: logging.Logger = logger) -> bool:
+                propagate, logger.propagate = logger.propagate, False
+                return propagate
+
+            stack.enter_context(
+                _routed(f"logger {name}", handler, route, lambda was, logger=logger: setattr(logger, "propagate", was))
+            )
+        yield
+
+
+@contextlib.contextmanager
+def routed_thread_errors(handler: logging.Handler) -> Iterator[None]:
+    """Within: the errors of threads that die (Orbax's writers and their event loops after a
+    failed save) and unraisable ones go to ``handler`` instead of the console; after, the
+    process's ``threading.excepthook`` and ``sys.unraisablehook`` are back."""
+    log = logging.getLogger("jaxae.checkpoint.threads")
+    log.propagate = False
+
+    def route() -> tuple:
+        hooks = threading.excepthook, sys.unraisablehook
+        threading.excepthook = lambda args: log.error(
+            "thread %s died", args.thread, exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
+        )
+        sys.unraisablehook = lambda unraisable: log.error(
+            "%s",
+            unraisable.err_msg or "unraisable exception",
+            exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
+        )
+        return hooks
+
+    def restore(hooks: tuple) -> None:
+        threading.excepthook, sys.unraisablehook = hooks
+
+    log.addHandler(handler)
+    try:
+        with _routed("thread hooks", handler, route, restore):
+            yield
+    finally:
+        log.removeHandler(handler)
 
 
 def _fix(failure: BaseException, epoch: int) -> str:

@@ -129,3 +129,29 @@ def test_a_failed_save_asks_for_disk_space_only_when_the_disk_is_full():
     assert _fix(ValueError("StepAlreadyExistsError: Step 3 already exists"), 3).startswith("move away what stands")
     assert _fix(PermissionError(errno.EACCES, "denied"), 3) == "make the checkpoints folder writable"
     assert "disk space" not in _fix(RuntimeError("symlink loop"), 3)
+
+
+def test_checkpoints_give_back_orbax_logs_and_the_thread_hooks_however_they_close(tmp_path):
+    import logging
+    import threading
+
+    def seen():
+        loggers = [logging.getLogger(name) for name in checkpoint.ORBAX_LOGGERS]
+        return [(logger.propagate, list(logger.handlers)) for logger in loggers], threading.excepthook
+
+    before = seen()
+    first, second = (checkpoint.Checkpoints(tmp_path / name) for name in ("a", "b"))
+    assert all(not propagate for propagate, _ in seen()[0])
+    first.close()  # closed in the order they opened: the second still routes
+    assert all(not propagate and handlers for propagate, handlers in seen()[0])
+    second.close()
+    assert seen() == before
+
+    log = tmp_path / "threads.log"
+    handler = logging.FileHandler(log)
+    with checkpoint.routed_thread_errors(handler), checkpoint.routed_thread_errors(logging.NullHandler()):
+        thread = threading.Thread(target=lambda: 1 / 0)
+        thread.start()
+        thread.join()
+    handler.close()
+    assert "ZeroDivisionError" in log.read_text() and threading.excepthook is before[1]
