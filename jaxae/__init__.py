@@ -3,12 +3,13 @@
 Modules: ``data`` (datasets as uint8 arrays), ``models`` (linen modules), ``losses``
 (pure losses and the objectives by name), ``optim`` (optimizers and learning-rate
 schedules by name), ``corruptions`` (noisy and grey inputs), ``train`` (jitted epochs and
-``fit`` of one model), ``seeds`` (several seeds of a model trained at once), ``parallel`` (device mesh, several processes), ``checkpoint`` (Orbax),
-``config`` (a run's Config and what it builds), ``experiment`` (``train_and_evaluate``: a
-whole run into a work directory), ``workdir`` (a work directory checked, written and read
-back with ``restore_run``), ``evaluate`` (reconstructions, codes, PSNR, PCA, IW-NLL),
-``probe`` (classifiers on frozen features), ``plots`` and ``epoch_figures`` (figures),
-``files`` (atomic writes), ``tensorboard`` (event files).
+``fit`` of one model), ``seeds`` (several seeds of a model trained at once), ``parallel``
+(device mesh, several processes), ``checkpoint`` (Orbax), ``config`` (a run's Config and
+what it builds), ``experiment`` (``train_and_evaluate``: a whole run into a work
+directory), ``workdir`` (a work directory checked, written and read back with
+``restore_run``), ``evaluate`` (reconstructions, codes, PSNR, PCA, IW-NLL), ``probe``
+(classifiers on frozen features), ``plots`` and ``epoch_figures`` (figures), ``files``
+(atomic writes), ``tensorboard`` (event files).
 """
 
 import importlib

@@ -75,11 +75,6 @@ def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
     return 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1.0 - logvar, axis=-1)
 
 
-def negative_elbo(logits: jax.Array, targets: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
-    """``-ELBO = bernoulli_nll + gaussian_kl``, in nats per example: ``(N,)``."""
-    return bernoulli_nll(logits, targets) + gaussian_kl(mean, logvar)
-
-
 def reconstruction_objective(
     model: nn.Module, params, inputs: jax.Array, targets: jax.Array, key: jax.Array
 ) -> tuple[jax.Array, Metrics]:

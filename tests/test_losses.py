@@ -41,13 +41,6 @@ def test_kl_is_zero_exactly_at_the_prior_and_positive_elsewhere():
     assert bool((jax.jit(losses.gaussian_kl)(MEAN, LOGVAR) > 0).all())
 
 
-def test_negative_elbo_adds_reconstruction_and_kl():
-    logits = LOGITS.reshape(4, -1)[:, :6].reshape(4, 6)
-    targets = TARGETS.reshape(4, -1)[:, :6]
-    expected = losses.bernoulli_nll(logits, targets) + losses.gaussian_kl(MEAN, LOGVAR)
-    np.testing.assert_allclose(jax.jit(losses.negative_elbo)(logits, targets, MEAN, LOGVAR), expected, rtol=1e-6)
-
-
 def test_gradients_match_finite_differences():
     check_grads(lambda z: losses.bernoulli_nll(z, TARGETS).sum(), (LOGITS,), order=1, modes=["rev"], atol=0.05)
     check_grads(lambda m, v: losses.gaussian_kl(m, v).sum(), (MEAN, LOGVAR), order=2, modes=["rev"], atol=0.05)
