@@ -21,6 +21,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -242,7 +243,7 @@ class Checkpoints:
             raise CheckpointError(f"no checkpoint of epoch {epoch} in {self.directory}: kept {self.epochs()}")
         return epoch
 
-    def _restore(self, epoch: int, args) -> tuple[object, dict]:
+    def _restore(self, epoch: int, args) -> tuple[Any, dict]:
         """``(state, meta)`` as Orbax reads them, the digests still in ``meta``."""
         try:
             restored = self._manager.restore(epoch, args=args)
@@ -275,7 +276,9 @@ class Checkpoints:
         try:
             self._manager.close()
         finally:
-            if not self._failed:  # else Orbax's failed writers report until the process ends
+            if self._failed:  # Orbax's failed writers report until the process ends: route them till then
+                _ROUTED_TILL_EXIT.append(self._routing)  # (collected, its contexts would end)
+            else:
                 self._routing.close()
                 with contextlib.suppress(OSError):  # flushing the log on a full disk
                     self._log.close()
@@ -290,11 +293,14 @@ class Checkpoints:
 # Routings open now: several runs' checkpoints may be open at once and close in any order,
 # so each logger (and the thread hooks) goes back as it was only when its last routing ends.
 _ROUTES: dict[str, list[logging.Handler]] = {}
-_BEFORE: dict[str, object] = {}
+_BEFORE: dict[str, Any] = {}
+_ROUTED_TILL_EXIT: list[contextlib.ExitStack] = []
 
 
 @contextlib.contextmanager
-def _routed(name: str, handler: logging.Handler, route: Callable[[], object], restore: Callable[[object], None]):
+def _routed(
+    name: str, handler: logging.Handler, route: Callable[[], Any], restore: Callable[[Any], None]
+) -> Iterator[None]:
     """Within: ``route()`` has been called once for all routings of ``name`` open at once;
     after the last, ``restore`` receives what the first ``route()`` returned."""
     if not _ROUTES.get(name):
@@ -321,9 +327,10 @@ def routed_logs(handler: logging.Handler, names: tuple[str, ...]) -> Iterator[No
                 propagate, logger.propagate = logger.propagate, False
                 return propagate
 
-            stack.enter_context(
-                _routed(f"logger {name}", handler, route, lambda was, logger=logger: setattr(logger, "propagate", was))
-            )
+            def restore(propagate: bool, logger: logging.Logger = logger) -> None:
+                logger.propagate = propagate
+
+            stack.enter_context(_routed(f"logger {name}", handler, route, restore))
         yield
 
 
@@ -337,13 +344,9 @@ def routed_thread_errors(handler: logging.Handler) -> Iterator[None]:
 
     def route() -> tuple:
         hooks = threading.excepthook, sys.unraisablehook
-        threading.excepthook = lambda args: log.error(
-            "thread %s died", args.thread, exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
-        )
+        threading.excepthook = lambda args: log.error("thread %s died", args.thread, exc_info=args.exc_value)
         sys.unraisablehook = lambda unraisable: log.error(
-            "%s",
-            unraisable.err_msg or "unraisable exception",
-            exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
+            "%s", unraisable.err_msg or "unraisable exception", exc_info=unraisable.exc_value
         )
         return hooks
 
@@ -360,7 +363,8 @@ def routed_thread_errors(handler: logging.Handler) -> Iterator[None]:
 
 def _fix(failure: BaseException, epoch: int) -> str:
     """What to do about a failed save, from its cause: only a full disk asks for disk space."""
-    causes, error = [], failure
+    causes: list[BaseException] = []
+    error: BaseException | None = failure
     while error is not None and len(causes) < 20:
         causes.append(error)
         error = error.__cause__ or error.__context__
