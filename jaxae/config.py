@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import inspect
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -116,7 +117,8 @@ class Config:
             if not _has_json_type(value, str(known[name].type)):
                 raise ConfigError(f"`{name}` holds {value!r:.40}, not a {known[name].type}", field=name)
         tuples = {name for name, f in known.items() if "tuple" in str(f.type)}
-        return cls(**{k: tuple(v) if k in tuples else v for k, v in fields.items()})
+        values: dict[str, Any] = {k: tuple(v) if k in tuples else v for k, v in fields.items()}
+        return cls(**values)
 
 
 def _has_json_type(value, annotation: str) -> bool:
@@ -168,16 +170,24 @@ def _one_of(config: Config, name: str, choices) -> None:
 
 def validate(config: Config) -> None:
     """Raises ConfigError naming the first bad field and a valid value."""
-    positive = ("epochs", "batch_size", "latent_dim", "keep_checkpoints", "seeds", "eval_batch_size", "stages_count")
+    positive: tuple[str, ...] = (
+        "epochs",
+        "batch_size",
+        "latent_dim",
+        "keep_checkpoints",
+        "seeds",
+        "eval_batch_size",
+        "stages_count",
+    )
     positive += ("objective_samples",)
     for name in (*positive, "stages_growth"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"`{name}` must be positive, got {getattr(config, name)}", field=name)
-    for name, limit in LIMITS.items():
+    for name, most in LIMITS.items():
         values = getattr(config, name)
-        if max(values if isinstance(values, tuple) else [values], default=0) > limit:
+        if max(values if isinstance(values, tuple) else [values], default=0) > most:
             shown = str(values) if len(str(values)) <= 30 else f"{str(values)[:12]}... ({len(str(values))} digits)"
-            raise ConfigError(f"`{name}` must be at most {limit:,}, got {shown}", field=name)
+            raise ConfigError(f"`{name}` must be at most {most:,}, got {shown}", field=name)
     for name in ("learning_rate", "adam_eps", "stages_decay"):
         if not (math.isfinite(getattr(config, name)) and getattr(config, name) > 0):
             raise ConfigError(f"`{name}` must be a positive number, got {getattr(config, name)}", field=name)
@@ -275,7 +285,9 @@ def _check_options_are_taken(config: Config) -> None:
 def build_model(config: Config, image_shape: tuple[int, int, int]):
     """The linen module a config describes, for images of ``image_shape`` (H, W, C)."""
     model_class = models.MODELS[config.model]
-    upper = {"upper": ((tuple(config.upper_widths), config.upper_latent_dim),)} if config.upper_latent_dim else {}
+    upper: dict[str, Any] = {}
+    if config.upper_latent_dim:
+        upper["upper"] = ((tuple(config.upper_widths), config.upper_latent_dim),)
     if config.model == "hvae":
         upper["scale_output"] = config.scale_output
     try:

@@ -51,6 +51,7 @@ import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -474,12 +475,16 @@ def _cache_or_temporary() -> Iterator[Path]:
         yield Path(temporary)
 
 
+def _copy_from(source: BinaryIO, target: BinaryIO) -> None:
+    shutil.copyfileobj(source, target)
+
+
 def _fetch_from_mirrors(filename: str, target: Path) -> None:
     errors = []
     for mirror in MNIST_MIRRORS:
         try:
             with urllib.request.urlopen(mirror + filename, timeout=20) as response:
-                atomic_write(target, lambda f, r=response: shutil.copyfileobj(r, f))
+                atomic_write(target, functools.partial(_copy_from, response))
             return
         except OSError as error:
             errors.append(f"{mirror}: {getattr(error, 'reason', error)}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import cast
 
 import flax.linen as nn
 import jax
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxae import losses
+from jaxae.models import AutoencoderOutput
 
 
 def as_images(x, name: str = "images"):
@@ -72,17 +74,17 @@ _jit = functools.cache(jax.jit)  # one jitted wrapper, and so one compile, per f
 
 @functools.cache
 def _reconstruction(model: nn.Module) -> Callable:
-    return lambda params, batch: jax.nn.sigmoid(model.apply(params, batch).logits)
+    return lambda params, batch: jax.nn.sigmoid(cast(AutoencoderOutput, model.apply(params, batch)).logits)
 
 
 @functools.cache
 def _code(model: nn.Module) -> Callable:
-    return lambda params, batch: model.apply(params, batch).z
+    return lambda params, batch: cast(AutoencoderOutput, model.apply(params, batch)).z
 
 
 @functools.cache
 def _decoding(model: nn.Module) -> Callable:
-    return lambda params, batch: jax.nn.sigmoid(model.apply(params, batch, method=model.decode))
+    return lambda params, batch: jax.nn.sigmoid(cast(jax.Array, model.apply(params, batch, method=model.decode)))
 
 
 def reconstruct(model: nn.Module, params, x: np.ndarray) -> np.ndarray:

@@ -23,12 +23,14 @@ there to train it by name.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxae import corruptions
+from jaxae.models import AutoencoderOutput
 
 Metrics = dict[str, jax.Array]
 Objective = Callable[[nn.Module, dict, jax.Array, jax.Array, jax.Array], tuple[jax.Array, Metrics]]
@@ -75,11 +77,16 @@ def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
     return 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1.0 - logvar, axis=-1)
 
 
+def _forward(model: nn.Module, params, inputs: jax.Array, key: jax.Array) -> AutoencoderOutput:
+    """The model's output for ``inputs``; its noise (if any) drawn from ``key``."""
+    return cast(AutoencoderOutput, model.apply(params, inputs, key=key))
+
+
 def reconstruction_objective(
     model: nn.Module, params, inputs: jax.Array, targets: jax.Array, key: jax.Array
 ) -> tuple[jax.Array, Metrics]:
     """Deterministic autoencoders: the MSE per pixel of ``sigmoid(logits)`` against ``targets``."""
-    logits = _flat(model.apply(params, inputs, key=key).logits).astype(jnp.float32)
+    logits = _flat(_forward(model, params, inputs, key).logits).astype(jnp.float32)
     mse = squared_error(nn.sigmoid(logits), targets)
     return mse, {"mse": mse, "bce": bernoulli_nll(logits, targets)}
 
@@ -91,7 +98,9 @@ def elbo_objective(
 
     The encoder reads ``inputs``; the Bernoulli likelihood scores ``targets``.
     """
-    out = model.apply(params, inputs, key=key)
+    out = _forward(model, params, inputs, key)
+    if out.mean is None or out.logvar is None:
+        raise TypeError(f"the ELBO needs a posterior (mean, logvar), which {type(model).__name__} does not give")
     logits = _flat(out.logits).astype(jnp.float32)  # losses in float32 whatever the compute dtype
     reconstruction = bernoulli_nll(logits, targets)
     kl = gaussian_kl(out.mean.astype(jnp.float32), out.logvar.astype(jnp.float32))
@@ -99,9 +108,9 @@ def elbo_objective(
     return reconstruction + kl, metrics
 
 
-def default_objective(model: nn.Module) -> str:
+def default_objective(model: nn.Module | type[nn.Module]) -> str:
     """The name of the objective a model trains on unless told: ``elbo`` when it is variational."""
-    return "elbo" if model.variational else "reconstruction"
+    return "elbo" if getattr(model, "variational", False) else "reconstruction"
 
 
 def with_inputs(objective: Objective, corrupt: Callable[[jax.Array, jax.Array], jax.Array]) -> Objective:
@@ -166,7 +175,7 @@ def log_weights(
     layer ``l > 1`` with ``fold_in(key, l - 1)``, and scores it under its prior chain.
     """
     depth = getattr(model, "depth", 1)
-    mean, logvar = model.apply(params, inputs, method=model.encode)
+    mean, logvar = cast(tuple[jax.Array, jax.Array], model.apply(params, inputs, method=model.encode))
     mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
     eps = jax.random.normal(key, (samples, *mean.shape), mean.dtype)
     zs = [mean + jnp.exp(0.5 * logvar) * eps]
@@ -195,7 +204,9 @@ def log_weights(
 
 def _upper(model: nn.Module, params, z: jax.Array, layer: int, method) -> tuple[jax.Array, jax.Array]:
     """An upper layer's (mean, logvar) for draws ``z (k, N, D)``, each ``(k, N, D')`` in float32."""
-    mean, logvar = model.apply(params, z.reshape(-1, z.shape[-1]), layer, method=method)
+    mean, logvar = cast(
+        tuple[jax.Array, jax.Array], model.apply(params, z.reshape(-1, z.shape[-1]), layer, method=method)
+    )
     shape = (*z.shape[:-1], mean.shape[-1])
     return mean.reshape(shape).astype(jnp.float32), logvar.reshape(shape).astype(jnp.float32)
 

@@ -331,7 +331,7 @@ class ConvVAE(ConvAutoencoder):
         self.to_mean = dense(self.latent_dim, size, self.dtype)
         self.to_logvar = dense(self.latent_dim, size, self.dtype)
 
-    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:  # type: ignore[override]  # a posterior, not a code
         """``(N, H, W, C)`` -> (mean, logvar), each ``(N, latent_dim)``."""
         h = self.features(x)
         return self.to_mean(h), self.to_logvar(h)

@@ -43,7 +43,7 @@ def sgd(learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.9) -> opta
 class AdamIwaeState(NamedTuple):
     """:func:`scale_by_adam_iwae`'s state: steps taken, first and second moments."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # a field named as optax's states name theirs
     mu: optax.Updates
     nu: optax.Updates
 

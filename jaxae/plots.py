@@ -6,7 +6,7 @@ their pixel size is fixed by their layout: ``CELL_INCHES * DPI`` pixels per imag
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +85,7 @@ def loss_curves(history: Sequence[dict], path: str | Path, *, ylabel: str, title
 
 
 def curves(
-    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     path: str | Path,
     *,
     xlabel: str,
@@ -104,8 +104,8 @@ def curves(
     for label, (x, y) in series.items():
         (line,) = ax.plot(x, y, marker="o", markersize=3, label=label)
         if spreads and label in spreads:
-            y, spread = np.asarray(y), np.asarray(spreads[label])
-            ax.fill_between(x, y - spread, y + spread, color=line.get_color(), alpha=0.2, linewidth=0)
+            middle, spread = np.asarray(y), np.asarray(spreads[label])
+            ax.fill_between(x, middle - spread, middle + spread, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xscale(xscale)
     ax.set_yscale(yscale)
     if integer_x:

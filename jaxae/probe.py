@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -57,11 +58,11 @@ def fit_classifier(
         key: the initialisation and shuffling key.
         epochs: passes over the data, raised until there are ``min_steps`` updates.
     """
-    x = np.asarray(features, np.float32).reshape(len(features), -1)
+    flat = np.asarray(features, np.float32).reshape(len(features), -1)
     labels = np.asarray(labels, np.int32)
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
-    mean, scale = x.mean(0), x.std(0) + 1e-6
-    x = jnp.asarray((x - mean) / scale)
+    mean, scale = flat.mean(0), flat.std(0) + 1e-6
+    x = jnp.asarray((flat - mean) / scale)
     model = models.MLP((*hidden, num_classes))
     epochs = max(epochs, math.ceil(min_steps / math.ceil(len(x) / batch_size)))
     init_key, order_key = jax.random.split(key)
@@ -72,7 +73,7 @@ def fit_classifier(
 
 @functools.cache
 def _probabilities(model: models.MLP):
-    return lambda params, batch: jax.nn.softmax(model.apply(params, batch))
+    return lambda params, batch: jax.nn.softmax(cast(jax.Array, model.apply(params, batch)))
 
 
 @functools.cache

@@ -87,9 +87,9 @@ def fit(
         Each seed's final state.
     """
     if len(states) == 1:
-        end = None if on_epoch_end is None else lambda state, record: on_epoch_end([state], record)
+        one = None if on_epoch_end is None else lambda state, record: on_epoch_end([state], record)
         state, _ = train.fit(
-            states[0], model, objective, train_images, test_images, key=keys[0], on_epoch_end=end, **options
+            states[0], model, objective, train_images, test_images, key=keys[0], on_epoch_end=one, **options
         )
         return [state]
 

@@ -23,6 +23,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -61,7 +62,7 @@ def create_state(
     (:func:`jaxae.models.with_output_bias`)."""
     params = init_params(model, image_shape, key)
     if output_bias is not None:
-        params = models.with_output_bias(params, output_bias)
+        params = models.with_output_bias(params, jnp.asarray(output_bias))
     state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
     return state.replace(step=jnp.zeros((), jnp.int32))  # an array, so checkpoints restore its dtype
 
@@ -288,7 +289,7 @@ def fit(
         state, train_means = train_epoch(state, train_images, epoch_key(train_key, epoch, vectorize=vectorize))
         test_means = evaluate(state.params, test_images, eval_key)
         train_means, test_means = jax.device_get((train_means, test_means))
-        record = {"epoch": epoch}
+        record: dict[str, Any] = {"epoch": epoch}
         record |= {f"train_{name}": np.asarray(value).tolist() for name, value in train_means.items()}
         for objective_name, means in test_means.items():
             prefix = f"test_{objective_name}_" if objective_name else "test_"

@@ -29,6 +29,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
@@ -40,6 +41,9 @@ from jaxae.checkpoint import LOG_FILE, CheckpointError, Checkpoints
 from jaxae.config import RESUMABLE_FIELDS, Config, ConfigError, build_model, load_split
 from jaxae.epoch_figures import RunFigures
 from jaxae.files import WriteError, atomic_write, atomic_write_text, remove_temporaries
+
+if TYPE_CHECKING:
+    from jaxae.tensorboard import EventWriter
 
 PARAMS_FILE = "params.npz"
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", PARAMS_FILE)
@@ -145,9 +149,8 @@ def write_workdir(workdir: Path, config: Config, *, overwrite: bool) -> None:
 def _unwritable(workdir: Path, error: OSError) -> ConfigError:
     """The one-line error for a workdir that cannot be written, naming the OS's reason."""
     cause = error.__cause__ if isinstance(error, WriteError) else error
-    return ConfigError(
-        f"cannot write to `workdir` {workdir} ({cause.strerror}): choose a writable folder", field="workdir"
-    )
+    reason = cause.strerror if isinstance(cause, OSError) else cause
+    return ConfigError(f"cannot write to `workdir` {workdir} ({reason}): choose a writable folder", field="workdir")
 
 
 @contextlib.contextmanager
@@ -285,9 +288,16 @@ class SeedRun:
         self.figures = RunFigures(model, config, workdir / "figures", train_set.images, test_set.images, sample_key)
         self.output_bias = models.mean_pixel_logits(train_set.images) if config.init_output_bias else None
         self.data_digest = data_digest  # of the images it trains and is tested on (:func:`data_digest`)
-        self.checkpoints: Checkpoints | None = None
-        self.events = None  # a jaxae.tensorboard.EventWriter, when the run writes events
+        self._checkpoints: Checkpoints | None = None
+        self.events: EventWriter | None = None  # when the run writes TensorBoard events
         self.history: list[dict] = []
+
+    @property
+    def checkpoints(self) -> Checkpoints:
+        """The run's checkpoints, open from :meth:`start` to :meth:`close`."""
+        if self._checkpoints is None:
+            raise RuntimeError(f"the run in {self.workdir} has not started")
+        return self._checkpoints
 
     def start(self, *, resume: bool, overwrite: bool, fall_back: bool, log: Callable[[str], None]) -> train.TrainState:
         """Prepares the folder; returns the fresh state, or the latest checkpoint's on resume."""
@@ -301,7 +311,7 @@ class SeedRun:
         state = parallel.replicate(state, self.mesh)  # restored checkpoints land replicated too
         damaged_to = self.workdir / "unreadable_checkpoints" if resume and fall_back else None
         try:
-            self.checkpoints = Checkpoints(
+            self._checkpoints = Checkpoints(
                 self.workdir / "checkpoints", keep=self.config.keep_checkpoints, damaged_to=damaged_to
             )
         except CheckpointError as error:
@@ -357,8 +367,8 @@ class SeedRun:
             ConfigError: the run trained on other data (a resume would mix two datasets in one history).
         """
         try:
-            differ = config_differences(Config.from_json(meta.get("config")), self.config)
-        except (ConfigError, TypeError):
+            differ = config_differences(Config.from_json(meta["config"]), self.config)
+        except (ConfigError, TypeError, KeyError):
             differ = ["its config is unreadable"]
         if differ:
             raise CheckpointError(
@@ -409,8 +419,8 @@ class SeedRun:
         """Closes the checkpoints (waiting for the last to be written) and the event files."""
         if self.events is not None:
             self.events.close()
-        if self.checkpoints is not None:
-            self.checkpoints.close()
+        if self._checkpoints is not None:
+            self._checkpoints.close()
 
     def finish(self, state: train.TrainState) -> dict:
         """Final figures and ``summary.json``. A call that trained no epoch (a finished run
@@ -549,7 +559,7 @@ def save_params(run: RestoredRun) -> Path:
     }
     arrays |= {"epoch": np.asarray(run.epoch), "image_shape": np.asarray(run.model.image_shape)}
     path = run.workdir / PARAMS_FILE
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # numpy's stub: ** as allow_pickle
     return path
 
 
@@ -574,11 +584,13 @@ def _read_params(config: Config, path: Path, epoch: int | None) -> tuple[nn.Modu
     try:
         with np.load(path, allow_pickle=False) as saved:
             arrays = {name: saved[name] for name in saved.files}
-        saved_epoch, image_shape = int(arrays.pop("epoch")), tuple(int(n) for n in arrays.pop("image_shape"))
+        saved_epoch = int(arrays.pop("epoch"))
+        height, width, channels = (int(n) for n in arrays.pop("image_shape"))
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{path} is not a readable parameter file ({error}): save it again") from None
     if epoch is not None and epoch != saved_epoch:
         raise ConfigError(f"{path} holds epoch {saved_epoch}, not {epoch}: leave `epoch` out")
+    image_shape = (height, width, channels)
     model = build_model(config, image_shape)
     template = jax.eval_shape(lambda: train.init_params(model, image_shape, jax.random.key(0)))
     expected = {"/".join(p): leaf.shape for p, leaf in traverse_util.flatten_dict(template).items()}
