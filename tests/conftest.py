@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from jaxae import data  # noqa: E402
+from tests.helpers import idx_bytes  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -56,19 +57,14 @@ def empty_cache(tmp_path, monkeypatch, bundled_wheel) -> Path:
     return cache
 
 
-def _idx_bytes(array: np.ndarray) -> bytes:
-    header = (0x0800 | array.ndim).to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
 @pytest.fixture(scope="session")
 def mnist_slice_dir(tmp_path_factory, mnist_train, mnist_test) -> Path:
     """An IDX folder with the first 512 training and 256 test MNIST images: a fast real dataset."""
     folder = tmp_path_factory.mktemp("mnist_slice")
     for split, ds, n in (("train", mnist_train, 512), ("test", mnist_test, 256)):
         images_stem, labels_stem = data.IDX_STEMS[split]
-        (folder / images_stem).write_bytes(_idx_bytes(ds.images[:n, :, :, 0]))
-        (folder / labels_stem).write_bytes(_idx_bytes(ds.labels[:n]))
+        (folder / images_stem).write_bytes(idx_bytes(ds.images[:n, :, :, 0]))
+        (folder / labels_stem).write_bytes(idx_bytes(ds.labels[:n]))
     return folder
 
 

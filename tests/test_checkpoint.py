@@ -10,30 +10,8 @@ import optax
 import pytest
 
 from jaxae import checkpoint, experiment, losses, models, train
-from jaxae.config import Config, ConfigError, build_model
-
-
-def leaves(state):
-    return [np.asarray(x) for x in jax.tree.leaves((state.params, state.opt_state, state.step))]
-
-
-def assert_states_equal(a, b):
-    for x, y in zip(leaves(a), leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
-
-
-def read_metrics(workdir) -> list[dict]:
-    """A run's metrics.jsonl: one record per epoch."""
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
-def restore_latest(workdir):
-    """The final state of a run, restored from its checkpoints."""
-    config = Config.from_json(json.loads((workdir / "config.json").read_text()))
-    model = build_model(config, (28, 28, 1))
-    template = train.create_state(model, optax.adam(config.learning_rate), (28, 28, 1), key=jax.random.key(99))
-    with checkpoint.Checkpoints(workdir / "checkpoints") as ckpts:
-        return ckpts.restore(template)
+from jaxae.config import ConfigError
+from tests.helpers import assert_states_equal, leaves, read_metrics, restore_latest
 
 
 def test_restore_in_a_new_process_gives_identical_parameters(tmp_path, mnist_small):

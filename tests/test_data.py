@@ -16,16 +16,9 @@ import tensorflow_datasets as tfds
 from jaxae import data, experiment
 from jaxae.config import ConfigError, load_split
 from jaxae.workdir import restore_run
-from tests.test_checkpoint import read_metrics, restore_latest
+from tests.helpers import idx_bytes, read_metrics, restore_latest
 
 FASHION_DIR = data.KNOWN_IDX_DIRS["fashion_mnist"]
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """Encodes a uint8 array in the IDX format."""
-    header = (0x0800 | array.ndim).to_bytes(4, "big")
-    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
 
 
 def write_idx_folder(folder: Path, n_train=7, n_test=5, gz=True) -> dict:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from jaxae import plots
-from tests.test_checkpoint import read_metrics
+from tests.helpers import read_metrics
 
 ROWS = {"ae": 4, "vae": 4, "conv_ae": 8, "conv_vae": 4}  # test originals and reconstructions (+ train ones for conv_ae)
 
@@ -193,7 +193,7 @@ print(json.dumps(found))
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert (
-        result.stderr.startswith("error: experiments.results rebuilds README.md")
+        result.stderr.startswith("error: experiments.results rebuilds docs/results.md and docs/iwae.md")
         and "run it in a clone" in result.stderr
     )
     assert len(result.stderr.strip().splitlines()) == 1

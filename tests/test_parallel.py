@@ -13,7 +13,7 @@ import pytest
 
 from jaxae import models, parallel, train
 from jaxae.checkpoint import Checkpoints
-from tests.test_checkpoint import read_metrics
+from tests.helpers import read_metrics
 
 
 def with_devices(count: int) -> dict:

@@ -1,4 +1,4 @@
-"""The README's commands and code work as written."""
+"""The README's and the docs' commands and code work as written."""
 
 import dataclasses
 import json
@@ -9,10 +9,11 @@ from jaxae import losses
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+LIBRARY = (ROOT / "docs" / "library.md").read_text()
 
 
-def blocks(language):
-    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+def blocks(language, text=LIBRARY):
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
 
 
 def test_setup_is_two_commands_each_working_alone_on_a_fresh_clone():
@@ -33,18 +34,18 @@ def test_library_examples_run_in_order(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(losses, "OBJECTIVES", dict(losses.OBJECTIVES))  # the registrations end with the test
     fit, measure, register, renyi, script, samples = blocks("python")
     trained = {}
-    exec(compile(fit, "README.md", "exec"), trained)
+    exec(compile(fit, "library.md", "exec"), trained)
     test_loss = float(capsys.readouterr().out.strip())
     assert 100 < test_loss < 250  # -ELBO of a VAE after two short epochs, in nats
     assert trained["codes"].shape == (5, 8)
-    exec(compile(measure, "README.md", "exec"), trained)  # uint8 images straight from the dataset
+    exec(compile(measure, "library.md", "exec"), trained)  # uint8 images straight from the dataset
     assert trained["nll"].shape == (200,) and 50 < float(capsys.readouterr().out.strip()) < 250
 
     registered = {}
-    exec(compile(register, "README.md", "exec"), registered)
+    exec(compile(register, "library.md", "exec"), registered)
     assert json.loads((tmp_path / "runs" / "beta_vae" / "config.json").read_text())["objective"] == "beta_vae"
     assert "epoch 1/1" in capsys.readouterr().out  # the library says what it does
-    exec(compile(renyi, "README.md", "exec"), registered)
+    exec(compile(renyi, "library.md", "exec"), registered)
     assert capsys.readouterr().out == ""  # unless asked to be quiet
     summary = json.loads((tmp_path / "runs" / "renyi" / "summary.json").read_text())
     assert 50 < summary["test_loss"] < 250 and summary["epochs"] == 1
@@ -58,14 +59,23 @@ def test_library_examples_run_in_order(capsys, tmp_path, monkeypatch):
     assert (saved["objective"], saved["objective_samples"]) == ("renyi", 5)
     assert "vae: test loss" in done.stdout.splitlines()[-1]
 
-    exec(compile(samples, "README.md", "exec"), {})
+    exec(compile(samples, "library.md", "exec"), {})
     assert (tmp_path / "runs" / "beta_vae" / "prior_samples.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_results_table_is_the_one_the_committed_runs_give():
+def test_the_docs_tables_are_the_ones_the_committed_runs_give():
     from experiments import results
 
-    assert results.updated_readme(README) == README, "run python -m experiments.results"
+    for name in results.PAGES:
+        assert results.updated_page(name) == (results.DOCS / name).read_text(), "run python -m experiments.results"
+
+
+def test_the_readme_links_every_page_of_the_docs_and_every_link_resolves():
+    pages = sorted(path.name for path in (ROOT / "docs").glob("*.md"))
+    assert sorted(re.findall(r"\]\(docs/([a-z_]+\.md)\)", README)) == pages
+    for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:]+)\)", path.read_text()):
+            assert (path.parent / target).exists(), f"{path.name} links {target}, which is not there"
 
 
 def test_results_rows_cite_the_configs_their_runs_used():

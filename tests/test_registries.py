@@ -15,7 +15,7 @@ import pytest
 
 from experiments import cli
 from jaxae import checkpoint, config, data, evaluate, experiment, losses, models, optim, probe, train, workdir
-from tests.test_checkpoint import read_metrics, restore_latest
+from tests.helpers import read_metrics, restore_latest
 
 ROOT = Path(__file__).resolve().parents[1]
 

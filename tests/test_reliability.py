@@ -1,8 +1,6 @@
 """Faults and bad input lose nothing: kill -9, corrupted checkpoints, NaN, a full disk, bad flags."""
 
-import contextlib
 import dataclasses
-import io
 import os
 import shlex
 import signal
@@ -17,22 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from experiments import cli, harness, vae
+from experiments import cli, harness
 from jaxae import checkpoint, experiment, losses, models, train
-from jaxae.config import Config
-from tests.test_checkpoint import assert_states_equal, read_metrics, restore_latest
-
-
-def cli_flags(config: Config, workdir) -> list[str]:
-    """The command-line flags that give ``config``."""
-    flags = []
-    for name, value in config.to_json().items():
-        flag = f"--{name.replace('_', '-')}"
-        if isinstance(value, bool):
-            flags.append(flag if value else f"--no-{flag[2:]}")
-        elif value not in (None, [], ()):
-            flags += [flag, *map(str, value if isinstance(value, list | tuple) else [value])]
-    return [*flags, "--workdir", str(workdir)]
+from tests.helpers import assert_states_equal, cli_flags, read_metrics, restore_latest, run_cli
 
 
 @pytest.mark.slow
@@ -218,17 +203,6 @@ BAD_VALUES = {
     "fall-back": st.just(None),  # without --resume
     "workdir": st.just("UNDER_A_FILE"),
 }
-
-
-def run_cli(argv: list[str]) -> tuple[int, str]:
-    """``python -m experiments.vae`` in this process: exit code and stderr."""
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = harness.main(vae.DEFAULTS, vae.__doc__, argv)
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, stderr.getvalue()
 
 
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

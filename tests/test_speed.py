@@ -15,7 +15,7 @@ from experiments import benchmark
 from jaxae import experiment, losses, models, train
 from jaxae.config import DTYPES, build_model
 from tests.conftest import FAST_COMPILE_FLAG
-from tests.test_checkpoint import read_metrics, restore_latest
+from tests.helpers import read_metrics, restore_latest
 
 
 def test_benchmark_row_is_consistent(mnist_small):
@@ -189,3 +189,46 @@ def test_torch_reference_models_have_jaxae_s_parameter_count(model_name, config,
     model = build_model(jaxae_config, (28, 28, 1))
     params = train.init_params(model, (28, 28, 1), jax.random.key(0))
     assert sum(p.numel() for p in module.parameters()) == sum(leaf.size for leaf in jax.tree.leaves(params))
+
+
+ONE_STEP = """
+import json, sys
+import jax, numpy as np
+from experiments import benchmark
+from jaxae import data, train
+from jaxae.config import build_model, build_objective, build_optimizer
+
+images = data.load("mnist", "train").images[:16]
+for name in ("ae", "vae", "conv_ae", "conv_vae", "iwae"):
+    config = benchmark.iwae_config(5, "float32") if name == "iwae" else benchmark.model_config(name, 16, "float32")
+    model = build_model(config, images.shape[1:])
+    state = train.create_state(model, build_optimizer(config, 1), images.shape[1:], key=jax.random.key(0))
+    state, means = train.make_train_epoch(model, build_objective(config), 16)(state, images, jax.random.key(1))
+    leaves = [np.asarray(leaf, np.float64) for leaf in jax.tree.leaves(state.params)]
+    print(json.dumps({"model": name, "loss": float(means["loss"]), "params": [float(leaf.sum()) for leaf in leaves]}))
+    sys.stdout.flush()
+"""
+
+
+@pytest.mark.slow
+def test_every_xla_cpu_configuration_trains_as_the_default_or_fails_loudly():
+    """One training step of each model under each named XLA:CPU configuration: the loss and
+    the updated parameters equal the default's to float tolerance. A configuration XLA
+    cannot compile for a model on this CPU ends its process (it never returns other numbers)."""
+    steps = {}
+    for name in benchmark.XLA_CPU:
+        done = subprocess.run(
+            [sys.executable, "-c", ONE_STEP],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=benchmark.xla_cpu_environment(name),
+        )
+        steps[name] = {step["model"]: step for step in map(json.loads, done.stdout.splitlines())}
+        assert done.returncode == 0 or len(steps[name]) < 5, done.stderr[-2000:]
+    assert len(steps["default"]) == 5
+    for name, found in steps.items():
+        for model, step in found.items():
+            want = steps["default"][model]
+            assert step["loss"] == pytest.approx(want["loss"], rel=1e-4), (name, model)
+            np.testing.assert_allclose(step["params"], want["params"], rtol=1e-3, atol=1e-3, err_msg=f"{name} {model}")

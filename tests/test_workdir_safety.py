@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jaxae import checkpoint, experiment, workdir
-from tests.test_reliability import cli_flags, run_cli
+from tests.helpers import cli_flags, idx_bytes, run_cli
 
 
 def checkpoint_epochs(folder) -> list[int]:
@@ -136,13 +136,12 @@ def test_tampered_checkpoint_history_is_refused(tmp_path, slice_config):
 
 def write_idx(folder, train_images, test_images):
     from jaxae import data
-    from tests.conftest import _idx_bytes
 
     folder.mkdir(exist_ok=True)
     for split, images in (("train", train_images), ("test", test_images)):
         images_stem, labels_stem = data.IDX_STEMS[split]
-        (folder / images_stem).write_bytes(_idx_bytes(images))
-        (folder / labels_stem).write_bytes(_idx_bytes(np.zeros(len(images), np.uint8)))
+        (folder / images_stem).write_bytes(idx_bytes(images))
+        (folder / labels_stem).write_bytes(idx_bytes(np.zeros(len(images), np.uint8)))
 
 
 @pytest.mark.parametrize(
