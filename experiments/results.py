@@ -1,8 +1,8 @@
-"""The README's results table and IWAE table, rebuilt from the runs committed in
-experiments/results/.
+"""The results table (docs/results.md) and the IWAE table (docs/iwae.md), rebuilt from
+the runs committed in experiments/results/.
 
-python -m experiments.results           # rewrite both tables in README.md
-python -m experiments.results --check   # exit 1 when README.md does not match the committed runs
+python -m experiments.results           # rewrite both tables
+python -m experiments.results --check   # exit 1 when a page does not match the committed runs
 
 Each row of the results table names the command that made it. The config column is what that command's flags
 give (the same parser the command uses), the figures come from the run's summary.json,
@@ -29,7 +29,7 @@ from jaxae.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
-README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 BEGIN = "<!-- results table: python -m experiments.results -->"
 END = "<!-- end of results table -->"
 IWAE_BEGIN = "<!-- IWAE table: python -m experiments.results -->"
@@ -214,7 +214,7 @@ def table() -> str:
     for row in ROWS:
         summary = json.loads((RESULTS / row.folder / "summary.json").read_text())
         config = command_config(row.command, row.variant)
-        link = f"[`{row.folder}/`](experiments/results/{row.folder}/)"
+        link = f"[`{row.folder}/`](../experiments/results/{row.folder}/)"  # from docs/
         lines.append(
             f"| {row.name} | {row.result(summary)} | {describe(config)} | {budget(config, row, summary)} "
             f"| `{row.command}` ({link}) |"
@@ -227,41 +227,47 @@ def iwae_table() -> str:
     return iwae.markdown(json.loads((RESULTS / "iwae" / "summary.json").read_text())["iwae"])
 
 
-def readme_with(text: str, table_text: str, begin: str = BEGIN, end: str = END) -> str:
+# Each page with a generated table: its markers and what builds the table between them.
+PAGES = {"results.md": (BEGIN, END, table), "iwae.md": (IWAE_BEGIN, IWAE_END, iwae_table)}
+
+
+def with_table(text: str, table_text: str, begin: str, end: str) -> str:
     """``text`` with the part between the ``begin`` and ``end`` markers replaced by ``table_text``."""
     if begin not in text or end not in text:
-        raise ValueError(f"README.md lacks the markers {begin!r} and {end!r}")
+        raise ValueError(f"the page lacks the markers {begin!r} and {end!r}")
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{begin}\n{table_text}\n{end}{tail}"
 
 
-def updated_readme(text: str) -> str:
-    """``text`` with both generated tables rebuilt."""
-    return readme_with(readme_with(text, table()), iwae_table(), IWAE_BEGIN, IWAE_END)
+def updated_page(name: str) -> str:
+    """``docs/<name>`` as it should read: its table rebuilt from the committed runs."""
+    begin, end, build = PAGES[name]
+    return with_table((DOCS / name).read_text(), build(), begin, end)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    parser.add_argument("--check", action="store_true", help="only check that the pages are up to date")
     args = parser.parse_args(argv)
-    if not (README.is_file() and RESULTS.is_dir()):
+    if not (all((DOCS / name).is_file() for name in PAGES) and RESULTS.is_dir()):
         print(
-            f"error: experiments.results rebuilds README.md from the committed runs of a jaxae checkout, "
-            f"and {ROOT} is an installed copy: run it in a clone of jaxae",
+            f"error: experiments.results rebuilds docs/{' and docs/'.join(PAGES)} from the committed runs of a "
+            f"jaxae checkout, and {ROOT} is an installed copy: run it in a clone of jaxae",
             file=sys.stderr,
         )
         return 2
-    current = README.read_text()
-    updated = updated_readme(current)
+    stale = {name: text for name in PAGES if (text := updated_page(name)) != (DOCS / name).read_text()}
     if args.check:
-        if updated != current:
-            print("error: README.md's tables are out of date: run python -m experiments.results", file=sys.stderr)
+        if stale:
+            names = ", ".join(f"docs/{name}" for name in stale)
+            print(f"error: the tables of {names} are out of date: run python -m experiments.results", file=sys.stderr)
             return 1
-        print("README.md's tables match experiments/results/")
+        print("the docs' tables match experiments/results/")
         return 0
-    atomic_write_text(README, updated)
-    print(f"wrote the results table ({len(ROWS)} rows) and the IWAE table into {README}")
+    for name, text in stale.items():
+        atomic_write_text(DOCS / name, text)
+    print(f"the results table ({len(ROWS)} rows) and the IWAE table are up to date in {DOCS}")
     return 0
 
 
