@@ -25,6 +25,11 @@ matmul rate.
 
 ``--profile`` runs one more epoch per row under the JAX profiler and lists the XLA ops that
 took longest, each with the JAX operation it computes (from XLA's metadata).
+
+``--xla-cpu default xnnpack onednn ...`` runs the jaxae rows once per named XLA:CPU
+configuration (:data:`XLA_CPU`: the kernel libraries XLA can call instead of its own code),
+each in a process of its own, as XLA reads its flags when the backend starts, and sets
+every configuration's epochs beside the default's and PyTorch's, timed in the same run.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ import math
 import os
 import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -57,6 +64,22 @@ from jaxae.files import atomic_write_text
 
 BENCHMARKED = ("ae", "vae", "conv_ae")
 IWAE_SAMPLES = (1, 5, 50)  # the k of Burda et al.'s table
+
+
+# XLA:CPU configurations by name: flags added to the user's XLA_FLAGS (the later flag wins).
+XLA_CPU = {
+    "default": "",
+    "xnnpack": "--xla_cpu_use_xnnpack=true",
+    "onednn": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot",
+    "onednn_custom_call": "--xla_cpu_experimental_onednn_custom_call=true",
+    "ynnpack": "--xla_cpu_experimental_ynn_fusion_type=dot",
+}
+
+
+def xla_cpu_environment(name: str) -> dict[str, str]:
+    """This process's environment with the XLA:CPU configuration ``name`` added to XLA_FLAGS."""
+    flags = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), XLA_CPU[name]]))
+    return {**os.environ, "XLA_FLAGS": flags}
 
 
 def matmul_gflops(dtype: str, size: int, repeats: int = 5) -> float:
@@ -315,9 +338,106 @@ def print_against_torch(rows: list[dict], torch_rows_: list[dict]) -> None:
             )
 
 
+def without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and the values that follow it."""
+    kept, skipping = [], False
+    for token in argv:
+        if token == option or token.startswith(f"{option}="):
+            skipping = token == option
+            continue
+        if skipping and token.startswith("-"):
+            skipping = False
+        if not skipping:
+            kept.append(token)
+    return kept
+
+
+def row_key(row: dict) -> tuple:
+    return row["model"], row["batch_size"], row.get("seeds", 1), row["images"]
+
+
+def print_xla_cpu(results: dict[str, dict], torch_rows_: list[dict]) -> None:
+    """Each row's epoch under every configuration (and its ratio to the first's), then
+    against PyTorch's epoch on the same images."""
+    names = list(results)
+    epochs = {name: {row_key(row): row["epoch_seconds"] for row in results[name]["rows"]} for name in names}
+    keys = list(dict.fromkeys(key for name in names for key in epochs[name]))
+    theirs = {(row["model"], row["images"]): row for row in torch_rows_}
+    print(f"{'model':10} {'batch':>5} {'seeds':>5}" + "".join(f" {name:>20}" for name in names) + f" {'PyTorch':>8}")
+    for key in keys:
+        base = epochs[names[0]].get(key)
+        cells = []
+        for name in names:
+            seconds = epochs[name].get(key)
+            shown = "failed" if seconds is None else f"{seconds:.3f} s"
+            if seconds is not None and base is not None:
+                shown += f" ({seconds / base:.2f}x)"
+            cells.append(f" {shown:>20}")
+        reference = theirs.get((key[0], key[3])) if key[2] == 1 else None
+        torch_cell = f" {reference['epoch_seconds']:8.3f}" if reference else f" {'':>8}"
+        print(f"{key[0]:10} {key[1]:5d} {key[2]:5d}" + "".join(cells) + torch_cell)
+        if reference:
+            ratios = ", ".join(
+                f"{name} {epochs[name][key] / reference['epoch_seconds']:.2f}x" for name in names if key in epochs[name]
+            )
+            print(f"{'':22}against PyTorch {reference['torch']} ({reference['threads']} threads): {ratios}")
+    for name in names:
+        for nll in results[name]["nll_rows"]:
+            print(
+                f"IW-NLL k = {nll['samples']}, {nll['images']} images, {nll['chunk']} draws a step, {name}: "
+                f"{nll['seconds']:.2f} s"
+            )
+        for failure in results[name]["failed"]:
+            print(f"{name}: {failure}")
+
+
+def compare_xla_cpu(args: argparse.Namespace, argv: list[str]) -> int:
+    """The benchmark once per XLA:CPU configuration of ``args.xla_cpu`` and per model (the
+    IWAE and NLL rows together), each in its own process without PyTorch, so that a
+    configuration XLA fails to compile loses only its own rows; then PyTorch's rows here.
+    Prints them side by side, writes ``args.output``, returns the exit code."""
+    child = without_option(without_option(argv, "--xla-cpu"), "--models")
+    parts = [["--models", model, "--iwae-samples", "--nll-images", "0"] for model in args.models]
+    parts += (
+        [["--models", "--iwae-samples", *map(str, args.iwae_samples)]] if args.iwae_samples or args.nll_images else []
+    )
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.xla_cpu:
+            print(f"XLA:CPU configuration {name}: {XLA_CPU[name] or 'no flags'}", flush=True)
+            results[name] = {"rows": [], "nll_rows": [], "failed": []}
+            for part in parts:
+                output = Path(folder) / f"{name}.json"
+                command = [sys.executable, "-m", "experiments.benchmark", *child, *part, "--torch", "no"]
+                done = subprocess.run([*command, "--output", str(output)], env=xla_cpu_environment(name))
+                if done.returncode:
+                    results[name]["failed"].append(f"{' '.join(part)}: exit {done.returncode}")
+                    continue
+                found = json.loads(output.read_text())
+                results[name]["rows"] += found["rows"]
+                results[name]["nll_rows"] += found["nll_rows"]
+                results[name].setdefault("host", found["host"])
+                results[name].setdefault("matmul_gflops_per_second", found["matmul_gflops_per_second"])
+    with_torch = args.torch == "auto" and importlib.util.find_spec("torch") is not None
+    reference = []
+    if with_torch:
+        images = data.load("mnist", "train").images
+        iwae_images = images[: min(args.iwae_images, 400 if args.quick else len(images))]
+        conv_images = (images[:2048] if args.quick else images) if "conv_ae" in args.models else None
+        reference = torch_rows(conv_images, iwae_images, args.iwae_samples, args.epochs)
+    print_xla_cpu(results, reference)
+    combined = {"xla_cpu": {name: XLA_CPU[name] for name in results}, "results": results, "torch_rows": reference}
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output, json.dumps(combined, indent=2))
+    print(f"wrote {output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(BENCHMARKED), choices=BENCHMARKED)
+    parser.add_argument("--models", nargs="*", default=list(BENCHMARKED), choices=BENCHMARKED)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--vae-batch-sizes", type=int, nargs="+", default=[64, 128, 512])
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
@@ -340,7 +460,12 @@ def main(argv: list[str] | None = None) -> int:
         "--nll-chunks", type=int, nargs="+", default=[evaluate.NLL_CHUNK], help="draws per step to time the NLL with"
     )
     parser.add_argument("--output", default="runs/benchmark.json")
+    parser.add_argument(
+        "--xla-cpu", nargs="+", choices=list(XLA_CPU), help="run the jaxae rows under each XLA:CPU configuration"
+    )
     args = parser.parse_args(argv)
+    if args.xla_cpu:
+        return compare_xla_cpu(args, argv)
     if args.profile:  # XLA:CPU traces its ops only when asked, before the backend starts
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_enable_xprof_traceme=true"
     sizes = (args.batch_size, args.epochs, args.seeds, args.matmul_size, args.iwae_images, *args.vae_batch_sizes)
