@@ -19,7 +19,7 @@ import numpy as np
 from experiments.harness import Use, main
 from jaxae import corruptions, evaluate, plots, train
 from jaxae.config import Config, ConfigError
-from jaxae.workdir import RestoredRun
+from jaxae.restore import RestoredRun
 
 DEFAULTS = Config(
     model="conv_ae", dataset="colored_mnist", epochs=5, widths=(16, 32), inputs="grayscale", plot_epochs=()

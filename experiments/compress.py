@@ -19,7 +19,7 @@ from PIL import Image
 from experiments.harness import Use, main
 from jaxae import evaluate, plots, train
 from jaxae.config import Config
-from jaxae.workdir import RestoredRun
+from jaxae.restore import RestoredRun
 
 DEFAULTS = Config(model="ae", epochs=20, plot_epochs=())
 BITS = (8, 6, 4)

@@ -16,7 +16,7 @@ import numpy as np
 from experiments.harness import Use, main
 from jaxae import evaluate, plots, train
 from jaxae.config import Config, ConfigError, corrupt_function
-from jaxae.workdir import RestoredRun
+from jaxae.restore import RestoredRun
 
 DEFAULTS = Config(
     model="conv_ae",

@@ -19,7 +19,7 @@ from experiments.harness import Study, main_study
 from experiments.latent import probe_accuracy
 from jaxae import evaluate, models, plots, train
 from jaxae.config import Config, ConfigError
-from jaxae.workdir import restore_run
+from jaxae.restore import restore_run
 
 DEFAULTS = Config(epochs=5, plot_epochs=())
 

@@ -18,7 +18,7 @@ import numpy as np
 from experiments.harness import Use, main
 from jaxae import evaluate, models, plots, probe, train
 from jaxae.config import Config, ConfigError
-from jaxae.workdir import RestoredRun
+from jaxae.restore import RestoredRun
 
 DEFAULTS = Config(model="vae", epochs=20, plot_epochs=())
 SAMPLES, PAIRS, STEPS = 10_000, 8, 10

@@ -33,7 +33,7 @@ from jaxae import parallel
 from jaxae.config import Config, ConfigError
 from jaxae.experiment import train_and_evaluate
 from jaxae.files import atomic_write_text
-from jaxae.workdir import RestoredRun, restore_run
+from jaxae.restore import RestoredRun, restore_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +144,7 @@ class Study:
     ``variants(config, args)`` names the configs to train (from the flags' config and the
     study's own flags, added by ``flags(parser)``); ``plan(variants, workdir, args)``, when
     given, says what will run before anything is trained; ``analyse(variants, workdir,
-    args)`` measures the trained runs (:func:`jaxae.workdir.restore_run` reads one back),
+    args)`` measures the trained runs (:func:`jaxae.restore.restore_run` reads one back),
     writes ``workdir/figures`` and returns the figures for ``summary.json``.
     """
 

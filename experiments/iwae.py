@@ -44,7 +44,8 @@ from jaxae.checkpoint import meta_digest, state_digest
 from jaxae.config import LIMITS, Config, ConfigError, build_model, build_objective, build_optimizer, load_split
 from jaxae.files import atomic_write_text
 from jaxae.optim import stage_epochs
-from jaxae.workdir import PARAMS_FILE, RestoredRun, locked, restore_run, save_params, seed_workdirs
+from jaxae.restore import RestoredRun, restore_run, save_params
+from jaxae.workdir import PARAMS_FILE, locked, seed_workdirs
 
 BATCH_SIZE = 20
 # The setup of the authors' code, which produced the paper's Table 1: its Adam, sigma = exp(out).

@@ -22,7 +22,7 @@ import numpy as np
 from experiments.harness import Study, main_study
 from jaxae import evaluate, plots, probe, train
 from jaxae.config import Config
-from jaxae.workdir import restore_run
+from jaxae.restore import restore_run
 
 DEFAULTS = Config(epochs=10, latent_dim=2, plot_epochs=())
 LATTICE = 20

@@ -22,7 +22,7 @@ from experiments.cli import check_iw_samples
 from experiments.harness import Study, main_study
 from jaxae import evaluate, losses, train
 from jaxae.config import Config
-from jaxae.workdir import RestoredRun, restore_run
+from jaxae.restore import RestoredRun, restore_run
 
 DEFAULTS = Config(model="vae", epochs=100, binarize="dynamic", plot_epochs=())
 ARCHITECTURES = {"vae_400_20": ((400,), 20), "vae_200x2_50": ((200, 200), 50)}

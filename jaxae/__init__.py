@@ -6,10 +6,11 @@ schedules by name), ``corruptions`` (noisy and grey inputs), ``train`` (jitted e
 ``fit`` of one model), ``seeds`` (several seeds of a model trained at once), ``parallel``
 (device mesh, several processes), ``checkpoint`` (Orbax), ``config`` (a run's Config and
 what it builds), ``experiment`` (``train_and_evaluate``: a whole run into a work
-directory), ``workdir`` (a work directory checked, written and read back with
-``restore_run``), ``evaluate`` (reconstructions, codes, PSNR, PCA, IW-NLL), ``probe``
-(classifiers on frozen features), ``plots`` and ``epoch_figures`` (figures), ``files``
-(atomic writes), ``tensorboard`` (event files).
+directory), ``workdir`` (a work directory checked, guarded and locked), ``seed_run`` (one
+seed's run from start to summary), ``restore`` (a run read back: ``restore_run``),
+``evaluate`` (reconstructions, codes, PSNR, PCA, IW-NLL), ``probe`` (classifiers on frozen
+features), ``plots`` and ``epoch_figures`` (figures), ``files`` (atomic writes),
+``tensorboard`` (event files).
 """
 
 import importlib
@@ -29,6 +30,8 @@ __all__ = [
     "parallel",
     "plots",
     "probe",
+    "restore",
+    "seed_run",
     "seeds",
     "tensorboard",
     "train",

@@ -3,7 +3,7 @@
 ``train_and_evaluate(config, workdir)`` loads the data, builds the model, objective and
 optimizer the config names, trains with ``train.fit``, checkpoints every epoch and writes
 the work directory described in :mod:`jaxae.workdir`, which
-:func:`jaxae.workdir.restore_run` reads back.
+:func:`jaxae.restore.restore_run` reads back.
 
 The experiment scripts in ``experiments/`` only parse flags into a Config and call this.
 Training is data parallel over all devices (:mod:`jaxae.parallel`); with several
@@ -38,7 +38,8 @@ from jaxae.config import (
     validate,
 )
 from jaxae.files import atomic_write_text
-from jaxae.workdir import SeedRun, check_workdir, data_digest, owned, prepare_workdir, seed_workdirs
+from jaxae.seed_run import SeedRun
+from jaxae.workdir import check_workdir, data_digest, owned, prepare_workdir, seed_workdirs
 
 
 def train_and_evaluate(

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 
 from jaxae import data, experiment
 from jaxae.config import ConfigError, load_split
-from jaxae.workdir import restore_run
+from jaxae.restore import restore_run
 from tests.helpers import idx_bytes, read_metrics, restore_latest
 
 FASHION_DIR = data.KNOWN_IDX_DIRS["fashion_mnist"]

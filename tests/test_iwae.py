@@ -237,7 +237,7 @@ def test_iwae_command_trains_rows_resumes_to_more_stages_and_measures_once(mnist
     assert len(vae["active_units"]) == 1 and 0 <= vae["active_units"][0] <= 50
     assert "| vae-1l-k1 | 86.76 |" in out and (tmp_path / "table.md").read_text() in out
     measured = (tmp_path / "iwae-1l-k1" / "table.json").read_text()
-    from jaxae.workdir import restore_run
+    from jaxae.restore import restore_run
 
     trained = restore_run(tmp_path / "iwae-1l-k1")
     start = models.mean_pixel_logits(config.load_split(trained.config, "train").images)
@@ -359,7 +359,7 @@ def test_iwae_rows_over_seeds_keep_their_parameters_and_measure_again_from_them(
     import shutil
 
     from experiments import iwae
-    from jaxae.workdir import restore_run
+    from jaxae.restore import restore_run
 
     flags = ["--workdir", str(tmp_path), "--dataset", "mnist_slice", "--data-source", "idx"]
     flags += ["--data-dir", str(mnist_slice_dir), "--rows", "iwae-1l-k1", "--stages", "1", "--iw-samples", "20"]
@@ -469,7 +469,7 @@ def test_committed_parameters_restore_and_are_the_ones_their_table_measured():
     import json
 
     from jaxae.checkpoint import state_digest
-    from jaxae.workdir import restore_run
+    from jaxae.restore import restore_run
 
     files = sorted(RESULTS.glob("iwae*/**/params.npz"))
     assert len(files) >= 4

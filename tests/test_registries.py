@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from experiments import cli
-from jaxae import checkpoint, config, data, evaluate, experiment, losses, models, optim, probe, train, workdir
+from jaxae import checkpoint, config, data, evaluate, experiment, losses, models, optim, probe, restore, train
 from tests.helpers import read_metrics, restore_latest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_a_config_json_of_the_earlier_layout_loads_resumes_and_restores(slice_co
     (tmp_path / "config.json").write_text(json.dumps(earlier))
     experiment.train_and_evaluate(dataclasses.replace(run, epochs=2), tmp_path, resume=True)
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
-    assert workdir.restore_run(tmp_path).epoch == 2
+    assert restore.restore_run(tmp_path).epoch == 2
 
 
 def test_an_objective_written_outside_jaxae_trains_by_name_with_corruption_and_binarization(
@@ -153,7 +153,7 @@ def test_restore_run_reads_parameters_without_optimizer_state_or_data(slice_conf
     monkeypatch.setattr(checkpoint.Checkpoints, "restore", refuse)  # the whole state, optimizer included
     monkeypatch.setattr(train, "create_state", refuse)
     monkeypatch.setattr(data, "load", refuse)
-    one, both = workdir.restore_run(single), workdir.restore_run(seeds)
+    one, both = restore.restore_run(single), restore.restore_run(seeds)
     assert one.epoch == both.epoch == 1 and both.seeds == (0, 1) and both.config.seeds == 2
     jax.tree.map(np.testing.assert_array_equal, one.params, expected["single"])
     for i, seed in enumerate(("seed_0", "seed_1")):
@@ -165,7 +165,7 @@ def test_restore_run_reads_parameters_without_optimizer_state_or_data(slice_conf
 def test_restore_run_of_a_study_folder_names_its_runs(slice_config, tmp_path):
     experiment.train_and_evaluate(tiny(slice_config, epochs=1), tmp_path / "ae_4")
     with pytest.raises(config.ConfigError, match="holds the runs ae_4, each in its folder"):
-        workdir.restore_run(tmp_path)
+        restore.restore_run(tmp_path)
 
 
 def test_library_errors_name_the_field_and_the_command_line_names_the_flag():
@@ -240,7 +240,7 @@ def test_two_stochastic_layers_train_by_config_and_restore(slice_config, tmp_pat
     run = dataclasses.replace(run, objective="iwae", objective_samples=3, objective_estimator="dreg")
     experiment.train_and_evaluate(run, tmp_path)
     assert trains(tmp_path)
-    restored = workdir.restore_run(tmp_path)
+    restored = restore.restore_run(tmp_path)
     assert restored.model.depth == 2 and "q_mean_0" in restored.params["params"]
     with pytest.raises(config.ConfigError, match="k-sample objective") as raised:
         config.validate(dataclasses.replace(run, objective="elbo"))

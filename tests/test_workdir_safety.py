@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxae import checkpoint, experiment, workdir
+from jaxae import checkpoint, experiment, restore, workdir
 from tests.helpers import cli_flags, idx_bytes, run_cli
 
 
@@ -294,7 +294,7 @@ def test_a_damaged_metrics_file_is_one_line_and_fall_back_sets_that_checkpoint_a
     metrics = run / "checkpoints" / "2" / "metrics" / "metrics"
     metrics.write_text(metrics.read_text()[:5])  # truncated
     with pytest.raises(checkpoint.CheckpointError, match="the checkpoint of epoch 2 in .* is unreadable"):
-        workdir.restore_run(run)
+        restore.restore_run(run)
     longer = dataclasses.replace(config, epochs=3)
     code, stderr = run_cli([*cli_flags(longer, run), "--resume"])
     assert code == 1 and stderr.count("\n") == 1 and "pass --fall-back with --resume" in stderr, stderr
