@@ -59,7 +59,8 @@ import numpy as np
 from experiments import iwae, torch_reference
 from experiments.cli import Parser, compilation_cache
 from jaxae import data, evaluate, models, parallel, seeds, train
-from jaxae.config import DTYPES, Config, build_model, build_objective, build_optimizer
+from jaxae.build import build_model, build_objective, build_optimizer
+from jaxae.config import DTYPES, Config
 from jaxae.files import atomic_write_text
 
 BENCHMARKED = ("ae", "vae", "conv_ae")

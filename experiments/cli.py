@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from jaxae import evaluate, parallel
 from jaxae.checkpoint import CheckpointError
-from jaxae.config import Config, ConfigError
+from jaxae.config import Config, ConfigError, field_help
 from jaxae.data import DataError, cache_dir
 from jaxae.files import WriteError
 from jaxae.train import TrainingDiverged
@@ -147,7 +147,7 @@ def build_parser(
         parser.add_argument(
             f"--{field.name.replace('_', '-')}",
             default=None if field.name in SAVED_WHEN_RESUMED else default,
-            help=f"{field.metadata['help']} (default: {shown})",
+            help=f"{field_help(field)} (default: {shown})",
             **extra,
         )
     parser.add_argument(

@@ -15,7 +15,8 @@ import numpy as np
 
 from experiments.harness import Use, main
 from jaxae import evaluate, plots, train
-from jaxae.config import Config, ConfigError, corrupt_function
+from jaxae.build import corrupt_function
+from jaxae.config import Config, ConfigError
 from jaxae.restore import RestoredRun
 
 DEFAULTS = Config(

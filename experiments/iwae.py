@@ -40,8 +40,9 @@ import numpy as np
 from experiments.cli import BAD_INPUT, FAULTS, Parser, check_iw_samples, count, report
 from experiments.harness import Study, main_study, parse_study
 from jaxae import evaluate, losses, parallel, seeds, train
+from jaxae.build import build_model, build_objective, build_optimizer, load_split
 from jaxae.checkpoint import meta_digest, state_digest
-from jaxae.config import LIMITS, Config, ConfigError, build_model, build_objective, build_optimizer, load_split
+from jaxae.config import LIMITS, Config, ConfigError
 from jaxae.files import atomic_write_text
 from jaxae.optim import stage_epochs
 from jaxae.restore import RestoredRun, restore_run, save_params

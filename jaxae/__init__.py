@@ -4,13 +4,13 @@ Modules: ``data`` (datasets as uint8 arrays), ``models`` (linen modules), ``loss
 (pure losses and the objectives by name), ``optim`` (optimizers and learning-rate
 schedules by name), ``corruptions`` (noisy and grey inputs), ``train`` (jitted epochs and
 ``fit`` of one model), ``seeds`` (several seeds of a model trained at once), ``parallel``
-(device mesh, several processes), ``checkpoint`` (Orbax), ``config`` (a run's Config and
-what it builds), ``experiment`` (``train_and_evaluate``: a whole run into a work
-directory), ``workdir`` (a work directory checked, guarded and locked), ``seed_run`` (one
-seed's run from start to summary), ``restore`` (a run read back: ``restore_run``),
-``evaluate`` (reconstructions, codes, PSNR, PCA, IW-NLL), ``probe`` (classifiers on frozen
-features), ``plots`` and ``epoch_figures`` (figures), ``files`` (atomic writes),
-``tensorboard`` (event files).
+(device mesh, several processes), ``checkpoint`` (Orbax), ``config`` (a run's Config),
+``validation`` (its checks), ``build`` (what it describes, built), ``experiment``
+(``train_and_evaluate``: a whole run into a work directory), ``workdir`` (a work directory
+checked, guarded and locked), ``seed_run`` (one seed's run from start to summary),
+``restore`` (a run read back: ``restore_run``), ``evaluate`` (reconstructions, codes, PSNR,
+PCA, IW-NLL), ``probe`` (classifiers on frozen features), ``plots`` and ``epoch_figures``
+(figures), ``files`` (atomic writes), ``tensorboard`` (event files).
 """
 
 import importlib
@@ -20,6 +20,7 @@ __all__ = [
     "config",
     "corruptions",
     "data",
+    "build",
     "epoch_figures",
     "evaluate",
     "experiment",
@@ -35,6 +36,7 @@ __all__ = [
     "seeds",
     "tensorboard",
     "train",
+    "validation",
     "workdir",
 ]
 __version__ = "0.1.0"

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxae import losses, plots, train
-from jaxae.config import Config, corrupt_function, keyword_options, objective_name
+from jaxae.build import corrupt_function
+from jaxae.config import Config
+from jaxae.validation import keyword_options, objective_name
 
 LOSS_UNITS = {"elbo": "-ELBO (nats per image)", "reconstruction": "MSE per pixel"}
 

@@ -175,7 +175,7 @@ def dataset_nll(
     """:func:`importance_weighted_nll` of every image ``(N,)``; batch ``b`` draws with ``fold_in(key, b)``.
 
     For a number comparable with Burda et al.'s, ``images`` are binarized once, as every
-    jaxae run's test set is: ``jaxae.config.binarize_test_set(test.images)``.
+    jaxae run's test set is: ``jaxae.build.binarize_test_set(test.images)``.
     """
     images = as_images(images)
     return _batched_with_keys(_dataset_nll(model, samples, chunk), params, images, key, batch_size)

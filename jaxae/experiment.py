@@ -26,19 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxae import parallel, seeds, train
-from jaxae.config import (
-    Config,
-    ConfigError,
-    build_eval_objectives,
-    build_model,
-    build_objective,
-    build_optimizer,
-    load_data,
-    objective_name,
-    validate,
-)
+from jaxae.build import build_eval_objectives, build_model, build_objective, build_optimizer, load_data
+from jaxae.config import Config, ConfigError
 from jaxae.files import atomic_write_text
 from jaxae.seed_run import SeedRun
+from jaxae.validation import objective_name, validate
 from jaxae.workdir import check_workdir, data_digest, owned, prepare_workdir, seed_workdirs
 
 

@@ -13,8 +13,9 @@ import numpy as np
 from flax import traverse_util
 
 from jaxae import data, seeds, train
+from jaxae.build import build_model, load_split
 from jaxae.checkpoint import CheckpointError, Checkpoints
-from jaxae.config import Config, ConfigError, build_model, load_split
+from jaxae.config import Config, ConfigError
 from jaxae.files import atomic_write
 from jaxae.workdir import PARAMS_FILE, read_config, seed_workdirs
 

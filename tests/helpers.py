@@ -10,7 +10,8 @@ import optax
 
 from experiments import harness, vae
 from jaxae import checkpoint, train
-from jaxae.config import Config, build_model
+from jaxae.build import build_model
+from jaxae.config import Config
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

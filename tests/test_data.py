@@ -14,7 +14,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxae import data, experiment
-from jaxae.config import ConfigError, load_split
+from jaxae.build import load_split
+from jaxae.config import ConfigError
 from jaxae.restore import restore_run
 from tests.helpers import idx_bytes, read_metrics, restore_latest
 

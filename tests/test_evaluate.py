@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxae import build, corruptions, evaluate, losses, models, train, validation
 from jaxae import config as config_
-from jaxae import corruptions, evaluate, losses, models, train
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +94,13 @@ def test_binarization_draws_bernoulli_pixels_and_keeps_binary_images(mnist_test)
 
 def test_dynamic_binarization_binarizes_the_test_set_once(slice_config):
     config = dataclasses.replace(slice_config, binarize="dynamic")
-    (_, test_a), (_, test_b) = config_.load_data(config), config_.load_data(dataclasses.replace(config, seed=9))
+    (_, test_a), (_, test_b) = build.load_data(config), build.load_data(dataclasses.replace(config, seed=9))
     assert set(np.unique(test_a.images)) == {0, 255}
     np.testing.assert_array_equal(test_a.images, test_b.images)  # the same for every run
-    grey = config_.load_data(slice_config)[1].images
+    grey = build.load_data(slice_config)[1].images
     np.testing.assert_allclose(test_a.images.mean(), grey.mean(), rtol=0.05)
     with pytest.raises(config_.ConfigError, match="`binarize`") as raised:
-        config_.validate(dataclasses.replace(slice_config, binarize="static"))
+        validation.validate(dataclasses.replace(slice_config, binarize="static"))
     assert raised.value.field == "binarize"
 
 

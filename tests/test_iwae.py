@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxae import config, evaluate, losses, models, train
+from jaxae import build, config, evaluate, losses, models, train, validation
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def tiny_vae():
 
 
 def objective(name, samples, estimator):
-    return config.build_objective(
+    return build.build_objective(
         config.Config(objective=name, objective_samples=samples, objective_estimator=estimator)
     )
 
@@ -104,7 +104,7 @@ def test_the_estimator_changes_the_gradient_never_the_value(tiny_vae):
 
 def test_unknown_estimator_is_refused_naming_the_field():
     with pytest.raises(config.ConfigError, match="unknown `objective_estimator` 'rws'") as raised:
-        config.validate(config.Config(objective="iwae", objective_estimator="rws"))
+        validation.validate(config.Config(objective="iwae", objective_estimator="rws"))
     assert raised.value.field == "objective_estimator"
 
 
@@ -201,7 +201,7 @@ def test_the_output_bias_starts_at_the_logit_of_the_mean_training_pixel(mnist_sm
     with pytest.raises(ValueError, match="the decoder's output bias has shape"):
         models.with_output_bias(state.params, expected[:10])
     with pytest.raises(config.ConfigError, match="`init_output_bias` needs an MLP decoder"):
-        config.validate(config.Config(model="conv_ae", init_output_bias=True))
+        validation.validate(config.Config(model="conv_ae", init_output_bias=True))
 
 
 def iwae_command(mnist_slice_dir, workdir, *flags, capsys):
@@ -240,7 +240,7 @@ def test_iwae_command_trains_rows_resumes_to_more_stages_and_measures_once(mnist
     from jaxae.restore import restore_run
 
     trained = restore_run(tmp_path / "iwae-1l-k1")
-    start = models.mean_pixel_logits(config.load_split(trained.config, "train").images)
+    start = models.mean_pixel_logits(build.load_split(trained.config, "train").images)
     assert np.abs(trained.params["params"]["decoder"]["Dense_2"]["bias"] - start).mean() < 0.3  # started there
 
     code, out, err = iwae_command(mnist_slice_dir, tmp_path, *rows, "--stages", "2", "--resume", capsys=capsys)
@@ -324,7 +324,7 @@ def test_a_two_layer_row_has_the_papers_layer_sizes():
 
     args = argparse.Namespace(rows=["iwae-2l-k5"], estimator="plain", stages=1, iw_samples=5000, any_k=False)
     row = iwae.variants(iwae.DEFAULTS, args)["iwae-2l-k5"]
-    model = config.build_model(row, (28, 28, 1))
+    model = build.build_model(row, (28, 28, 1))
     params = train.init_params(model, (28, 28, 1), jax.random.key(0))
     kernels = sorted(leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(params) if "kernel" in str(path))
 
@@ -350,7 +350,7 @@ def test_log_sigma_outputs_twice_the_log_variance_of_the_same_weights():
         np.testing.assert_array_equal(mean, mean_code)
         np.testing.assert_allclose(logvar_code, 2 * logvar, rtol=1e-6)
     with pytest.raises(config.ConfigError, match="`scale_output` log_sigma needs `model` hvae"):
-        config.validate(config.Config(model="vae", scale_output="log_sigma"))
+        validation.validate(config.Config(model="vae", scale_output="log_sigma"))
 
 
 @pytest.mark.slow
@@ -488,8 +488,8 @@ def test_the_committed_long_run_continues_from_its_checkpoint_with_its_optimizer
     history = (folder / "metrics.jsonl").read_text().splitlines()
     run = config.Config.from_json(json.loads((folder / "config.json").read_text()))
     assert (run.optimizer, run.scale_output, run.epochs) == ("adam_iwae", "log_sigma", 3280)
-    model = config.build_model(run, (28, 28, 1))
-    template = train.create_state(model, config.build_optimizer(run, 3000), (28, 28, 1), key=jax.random.key(0))
+    model = build.build_model(run, (28, 28, 1))
+    template = train.create_state(model, build.build_optimizer(run, 3000), (28, 28, 1), key=jax.random.key(0))
     with checkpoint.Checkpoints(folder / "checkpoints") as saved:
         state, meta = saved.restore(template, saved.latest_epoch())
     assert meta["epoch"] == len(history) == json.loads(history[-1])["epoch"]

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxae import build, models
 from jaxae import config as config_
-from jaxae import models
 
 
 def init(model, shape):
@@ -77,7 +77,7 @@ def test_default_mlp_sizes_match_the_pytorch_examples_vae():
 def test_conv_model_rejects_sizes_it_cannot_halve():
     config = config_.Config(model="conv_ae", widths=(16, 32, 64))
     with pytest.raises(config_.ConfigError, match="multiples of 8"):
-        config_.build_model(config, (28, 28, 1))
+        build.build_model(config, (28, 28, 1))
 
 
 @pytest.mark.parametrize("kernel_size", [2, 3, 4, 5])

@@ -14,7 +14,21 @@ import optax
 import pytest
 
 from experiments import cli
-from jaxae import checkpoint, config, data, evaluate, experiment, losses, models, optim, probe, restore, train
+from jaxae import (
+    build,
+    checkpoint,
+    config,
+    data,
+    evaluate,
+    experiment,
+    losses,
+    models,
+    optim,
+    probe,
+    restore,
+    train,
+    validation,
+)
 from tests.helpers import read_metrics, restore_latest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +79,8 @@ def adam_second_step(g1: float, g2: float, *, b1: float, b2: float, eps: float, 
 
 
 def test_options_reach_the_optimizer_by_their_config_names():
-    adam = config.build_optimizer(config.Config(adam_b1=0.5, adam_eps=1e-2), steps_per_epoch=10)
-    sgd = config.build_optimizer(config.Config(optimizer="sgd", sgd_momentum=0.0), steps_per_epoch=10)
+    adam = build.build_optimizer(config.Config(adam_b1=0.5, adam_eps=1e-2), steps_per_epoch=10)
+    sgd = build.build_optimizer(config.Config(optimizer="sgd", sgd_momentum=0.0), steps_per_epoch=10)
     params = {"w": jnp.ones(3)}
     grads = [{"w": jnp.array([1.0, 0.0, -2.0])}, {"w": jnp.array([3.0, 0.0, -2.0])}]
     updates, _ = sgd.update(grads[0], sgd.init(params), params)
@@ -84,7 +98,7 @@ def test_a_config_json_of_the_earlier_layout_loads_resumes_and_restores(slice_co
     assert "objective" not in old and "optimizer" not in old  # a committed run from before the registries
     restored = config.Config.from_json(old)
     assert (restored.objective, restored.optimizer, restored.schedule) == (None, "adam", "constant")
-    assert config.objective_name(restored) == "elbo" and restored.adam_eps == 1e-8  # what such a run trained with
+    assert validation.objective_name(restored) == "elbo" and restored.adam_eps == 1e-8  # what such a run trained with
     run = tiny(slice_config, epochs=1)
     experiment.train_and_evaluate(run, tmp_path)
     new_fields = set(config.Config().to_json()) - set(old)
@@ -170,11 +184,11 @@ def test_restore_run_of_a_study_folder_names_its_runs(slice_config, tmp_path):
 
 def test_library_errors_name_the_field_and_the_command_line_names_the_flag():
     with pytest.raises(config.ConfigError) as raised:
-        config.validate(config.Config(eval_batch_size=0))
+        validation.validate(config.Config(eval_batch_size=0))
     assert raised.value.field == "eval_batch_size" and "--" not in str(raised.value)
     assert cli.as_flags(str(raised.value)) == "--eval-batch-size must be positive, got 0"
     with pytest.raises(config.ConfigError, match="unknown `objective` 'nope'") as raised:
-        config.validate(config.Config(objective="nope"))
+        validation.validate(config.Config(objective="nope"))
     assert raised.value.field == "objective"
 
 
@@ -243,9 +257,9 @@ def test_two_stochastic_layers_train_by_config_and_restore(slice_config, tmp_pat
     restored = restore.restore_run(tmp_path)
     assert restored.model.depth == 2 and "q_mean_0" in restored.params["params"]
     with pytest.raises(config.ConfigError, match="k-sample objective") as raised:
-        config.validate(dataclasses.replace(run, objective="elbo"))
+        validation.validate(dataclasses.replace(run, objective="elbo"))
     assert raised.value.field == "objective"
-    assert config.objective_name(dataclasses.replace(run, objective=None)) == "vae_k"
+    assert validation.objective_name(dataclasses.replace(run, objective=None)) == "vae_k"
 
 
 def theano_adam_steps(params: np.ndarray, summed_grad, steps: int, lr: float) -> np.ndarray:
@@ -269,7 +283,7 @@ def test_adam_iwae_steps_as_the_authors_code_does_on_the_loss_summed_over_the_ba
     def mean_loss(w):  # per image: 0.5 |w * x - 1|^2, averaged over the batch as jaxae's losses are
         return jnp.mean(0.5 * jnp.sum(jnp.square(w * batch - 1.0), axis=1))
 
-    tx = config.build_optimizer(config.Config(optimizer="adam_iwae", batch_size=20), steps_per_epoch=10)
+    tx = build.build_optimizer(config.Config(optimizer="adam_iwae", batch_size=20), steps_per_epoch=10)
     params = jnp.array([0.3, -0.2, 0.5])
     state = tx.init(params)
     first = None
@@ -320,11 +334,11 @@ def test_the_library_says_what_it_does_unless_asked_to_be_quiet(slice_config, tm
 )
 def test_an_option_that_nothing_in_the_run_reads_is_refused_naming_its_owner(changes, message):
     with pytest.raises(config.ConfigError) as raised:
-        config.validate(config.Config(**changes))
+        validation.validate(config.Config(**changes))
     assert message in str(raised.value) and raised.value.field in changes
     taken = {"objective": "iwae", "objective_samples": 50, "eval_objectives": ("iwae",), "optimizer": "sgd"}
-    config.validate(config.Config(model="vae", **taken, sgd_momentum=0.5))  # each option read by its owner
-    config.validate(config.Config(eval_objectives=("iwae",), objective_samples=50))  # read by an evaluation
+    validation.validate(config.Config(model="vae", **taken, sgd_momentum=0.5))  # each option read by its owner
+    validation.validate(config.Config(eval_objectives=("iwae",), objective_samples=50))  # read by an evaluation
 
 
 def test_small_promises_flags_in_full_no_null_figures_no_empty_title_band(slice_config, tmp_path, capsys, monkeypatch):

@@ -13,7 +13,8 @@ import pytest
 
 from experiments import benchmark
 from jaxae import experiment, losses, models, train
-from jaxae.config import DTYPES, build_model
+from jaxae.build import build_model
+from jaxae.config import DTYPES
 from tests.conftest import FAST_COMPILE_FLAG
 from tests.helpers import read_metrics, restore_latest
 
@@ -196,7 +197,7 @@ import json, sys
 import jax, numpy as np
 from experiments import benchmark
 from jaxae import data, train
-from jaxae.config import build_model, build_objective, build_optimizer
+from jaxae.build import build_model, build_objective, build_optimizer
 
 images = data.load("mnist", "train").images[:16]
 for name in ("ae", "vae", "conv_ae", "conv_vae", "iwae"):
