@@ -10,7 +10,7 @@ schedules by name), ``corruptions`` (noisy and grey inputs), ``train`` (jitted e
 checked, guarded and locked), ``seed_run`` (one seed's run from start to summary),
 ``restore`` (a run read back: ``restore_run``), ``evaluate`` (reconstructions, codes, PSNR,
 PCA, IW-NLL), ``probe`` (classifiers on frozen features), ``plots`` and ``epoch_figures``
-(figures), ``files`` (atomic writes), ``tensorboard`` (event files).
+(figures), ``files`` (atomic writes), ``log_routing`` (logs to a file within a context), ``tensorboard`` (event files).
 """
 
 import importlib
@@ -25,6 +25,7 @@ __all__ = [
     "evaluate",
     "experiment",
     "files",
+    "log_routing",
     "losses",
     "models",
     "optim",

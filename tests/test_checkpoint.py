@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxae import checkpoint, experiment, losses, models, train
+from jaxae import checkpoint, experiment, log_routing, losses, models, train
 from jaxae.config import ConfigError
 from tests.helpers import assert_states_equal, leaves, read_metrics, restore_latest
 
@@ -127,7 +127,7 @@ def test_checkpoints_give_back_orbax_logs_and_the_thread_hooks_however_they_clos
 
     log = tmp_path / "threads.log"
     handler = logging.FileHandler(log)
-    with checkpoint.routed_thread_errors(handler), checkpoint.routed_thread_errors(logging.NullHandler()):
+    with log_routing.routed_thread_errors(handler), log_routing.routed_thread_errors(logging.NullHandler()):
         thread = threading.Thread(target=lambda: 1 / 0)
         thread.start()
         thread.join()
