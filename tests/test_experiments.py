@@ -153,7 +153,7 @@ def test_loss_curves_tick_whole_epochs_only(tmp_path, monkeypatch):
 def test_commands_from_a_normal_install_work_or_say_they_need_a_checkout(tmp_path):
     """`pip install .` (not editable) ships jaxae and experiments without the README or the
     committed runs: every command's --help works and names the command as it is typed;
-    experiments.results, which rewrites the checkout's README, says so in one line."""
+    experiments.tables, which rewrites the checkout's README, says so in one line."""
     site, source = tmp_path / "site", tmp_path / "source"  # a copy: the build leaves build/ behind
     root = Path(__file__).resolve().parents[1]
     source.mkdir()
@@ -184,16 +184,16 @@ print(json.dumps(found))
     )
     assert helps.returncode == 0, helps.stderr
     helps = json.loads(helps.stdout)
-    assert {"vae", "ae", "conv_ae", "conv_vae", "nll", "benchmark", "results", "torch_reference"} <= set(helps)
+    assert {"vae", "ae", "conv_ae", "conv_vae", "nll", "benchmark", "tables", "torch_reference"} <= set(helps)
     for name, text in helps.items():
         assert text.startswith(f"usage: python -m experiments.{name}"), (name, text[:80])
     assert "(default: runs/vae)" in " ".join(helps["vae"].split())
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.results", "--check"], capture_output=True, text=True, env=env, cwd=tmp_path
+        [sys.executable, "-m", "experiments.tables", "--check"], capture_output=True, text=True, env=env, cwd=tmp_path
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert (
-        result.stderr.startswith("error: experiments.results rebuilds docs/results.md and docs/iwae.md")
+        result.stderr.startswith("error: experiments.tables rebuilds docs/results.md and docs/iwae.md")
         and "run it in a clone" in result.stderr
     )
     assert len(result.stderr.strip().splitlines()) == 1

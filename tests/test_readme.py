@@ -64,10 +64,10 @@ def test_library_examples_run_in_order(capsys, tmp_path, monkeypatch):
 
 
 def test_the_docs_tables_are_the_ones_the_committed_runs_give():
-    from experiments import results
+    from experiments import tables
 
-    for name in results.PAGES:
-        assert results.updated_page(name) == (results.DOCS / name).read_text(), "run python -m experiments.results"
+    for name in tables.PAGES:
+        assert tables.updated_page(name) == (tables.DOCS / name).read_text(), "run python -m experiments.tables"
 
 
 def test_the_readme_links_every_page_of_the_docs_and_every_link_resolves():
@@ -79,15 +79,15 @@ def test_the_readme_links_every_page_of_the_docs_and_every_link_resolves():
 
 
 def test_results_rows_cite_the_configs_their_runs_used():
-    from experiments import results
+    from experiments import tables
     from jaxae.config import RESUMABLE_FIELDS, Config
 
     untrained = RESUMABLE_FIELDS - {"epochs"}  # which epochs were drawn, where the data came from
     checked = 0
-    for row in results.ROWS:
-        path = results.RESULTS / row.folder / (row.variant or "") / "config.json"
+    for row in tables.ROWS:
+        path = tables.RESULTS / row.folder / (row.variant or "") / "config.json"
         if path.exists():
-            cited = results.command_config(row.command, row.variant)
+            cited = tables.command_config(row.command, row.variant)
             used = Config.from_json(json.loads(path.read_text()))
             assert dataclasses.replace(used, **{name: getattr(cited, name) for name in untrained}) == cited, row
             checked += 1
@@ -95,14 +95,14 @@ def test_results_rows_cite_the_configs_their_runs_used():
 
 
 def test_budgets_name_the_gpu_a_run_used_and_the_cpu_of_the_others():
-    from experiments import results
+    from experiments import tables
 
     budgets = {}
-    for row in results.ROWS:
-        summary = json.loads((results.RESULTS / row.folder / "summary.json").read_text())
-        budgets[row.folder] = results.budget(results.command_config(row.command, row.variant), row, summary)
+    for row in tables.ROWS:
+        summary = json.loads((tables.RESULTS / row.folder / "summary.json").read_text())
+        budgets[row.folder] = tables.budget(tables.command_config(row.command, row.variant), row, summary)
     assert budgets["iwae_gpu"].endswith("s/epoch on one NVIDIA H200"), budgets["iwae_gpu"]
-    cpu = json.loads((results.RESULTS / "iwae" / "iwae-1l-k1" / "summary.json").read_text())["per_seed"][0]["host"]
+    cpu = json.loads((tables.RESULTS / "iwae" / "iwae-1l-k1" / "summary.json").read_text())["per_seed"][0]["host"]
     assert budgets["iwae"].endswith(f"s/epoch on {cpu}") and "H200" not in budgets["iwae"]
 
 

@@ -1,8 +1,8 @@
 """The results table (docs/results.md) and the IWAE table (docs/iwae.md), rebuilt from
 the runs committed in experiments/results/.
 
-python -m experiments.results           # rewrite both tables
-python -m experiments.results --check   # exit 1 when a page does not match the committed runs
+python -m experiments.tables           # rewrite both tables
+python -m experiments.tables --check   # exit 1 when a page does not match the committed runs
 
 Each row of the results table names the command that made it. The config column is what that command's flags
 give (the same parser the command uses), the figures come from the run's summary.json,
@@ -30,9 +30,9 @@ from jaxae.files import atomic_write_text
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 DOCS = ROOT / "docs"
-BEGIN = "<!-- results table: python -m experiments.results -->"
+BEGIN = "<!-- results table: python -m experiments.tables -->"
 END = "<!-- end of results table -->"
-IWAE_BEGIN = "<!-- IWAE table: python -m experiments.results -->"
+IWAE_BEGIN = "<!-- IWAE table: python -m experiments.tables -->"
 IWAE_END = "<!-- end of IWAE table -->"
 
 
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (all((DOCS / name).is_file() for name in PAGES) and RESULTS.is_dir()):
         print(
-            f"error: experiments.results rebuilds docs/{' and docs/'.join(PAGES)} from the committed runs of a "
+            f"error: experiments.tables rebuilds docs/{' and docs/'.join(PAGES)} from the committed runs of a "
             f"jaxae checkout, and {ROOT} is an installed copy: run it in a clone of jaxae",
             file=sys.stderr,
         )
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         if stale:
             names = ", ".join(f"docs/{name}" for name in stale)
-            print(f"error: the tables of {names} are out of date: run python -m experiments.results", file=sys.stderr)
+            print(f"error: the tables of {names} are out of date: run python -m experiments.tables", file=sys.stderr)
             return 1
         print("the docs' tables match experiments/results/")
         return 0
