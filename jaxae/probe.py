@@ -18,14 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxae import evaluate, models, train
+from jaxae import evaluate, layers, train
 
 
 @dataclasses.dataclass(frozen=True)
 class Classifier:
     """A trained classifier: ``predict_proba(features (N, D)) -> (N, classes)``."""
 
-    model: models.MLP
+    model: layers.MLP
     params: dict
     mean: np.ndarray
     scale: np.ndarray
@@ -63,7 +63,7 @@ def fit_classifier(
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
     mean, scale = flat.mean(0), flat.std(0) + 1e-6
     x = jnp.asarray((flat - mean) / scale)
-    model = models.MLP((*hidden, num_classes))
+    model = layers.MLP((*hidden, num_classes))
     epochs = max(epochs, math.ceil(min_steps / math.ceil(len(x) / batch_size)))
     init_key, order_key = jax.random.split(key)
     params = model.init(init_key, x[:1])
@@ -72,12 +72,12 @@ def fit_classifier(
 
 
 @functools.cache
-def _probabilities(model: models.MLP):
+def _probabilities(model: layers.MLP):
     return lambda params, batch: jax.nn.softmax(cast(jax.Array, model.apply(params, batch)))
 
 
 @functools.cache
-def _trainer(model: models.MLP, epochs: int, batch_size: int, learning_rate: float):
+def _trainer(model: layers.MLP, epochs: int, batch_size: int, learning_rate: float):
     """``run(params, x (N, D), labels (N,), key) -> params``, jitted once per model and settings:
     the features are an argument, not constants in the program."""
     tx = optax.adam(learning_rate)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxae import build, models
+from jaxae import build, layers, models
 from jaxae import config as config_
 
 
@@ -83,7 +83,7 @@ def test_conv_model_rejects_sizes_it_cannot_halve():
 @pytest.mark.parametrize("kernel_size", [2, 3, 4, 5])
 @pytest.mark.parametrize(
     ("ours", "reference", "out_hw"),
-    [(models.Conv2x, nn.Conv, (4, 3)), (models.ConvTranspose2x, nn.ConvTranspose, (16, 12))],
+    [(layers.Conv2x, nn.Conv, (4, 3)), (layers.ConvTranspose2x, nn.ConvTranspose, (16, 12))],
 )
 def test_patch_matmul_layers_equal_flax_strided_convolutions(ours, reference, out_hw, kernel_size):
     x = jax.random.normal(jax.random.key(0), (2, 8, 6, 3))
