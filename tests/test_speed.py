@@ -200,7 +200,7 @@ from jaxae import data, train
 from jaxae.build import build_model, build_objective, build_optimizer
 
 images = data.load("mnist", "train").images[:16]
-for name in ("ae", "vae", "conv_ae", "conv_vae", "iwae"):
+for name in ("vae", "conv_ae", "iwae"):  # dense products, convolutions, k draws
     config = benchmark.iwae_config(5, "float32") if name == "iwae" else benchmark.model_config(name, 16, "float32")
     model = build_model(config, images.shape[1:])
     state = train.create_state(model, build_optimizer(config, 1), images.shape[1:], key=jax.random.key(0))
@@ -226,8 +226,8 @@ def test_every_xla_cpu_configuration_trains_as_the_default_or_fails_loudly():
             env=benchmark.xla_cpu_environment(name),
         )
         steps[name] = {step["model"]: step for step in map(json.loads, done.stdout.splitlines())}
-        assert done.returncode == 0 or len(steps[name]) < 5, done.stderr[-2000:]
-    assert len(steps["default"]) == 5
+        assert done.returncode == 0 or len(steps[name]) < 3, done.stderr[-2000:]
+    assert len(steps["default"]) == 3
     for name, found in steps.items():
         for model, step in found.items():
             want = steps["default"][model]
