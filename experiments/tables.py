@@ -116,7 +116,7 @@ def _iwae(variant: str) -> Callable[[dict], str]:
 
 
 IWAE_1L_ROWS = "--rows iwae-1l-k1 vae-1l-k5 iwae-1l-k5 vae-1l-k50 iwae-1l-k50"
-IWAE_COMMAND = f"python -m experiments.iwae {IWAE_1L_ROWS} --stages 3 --seeds 2"
+IWAE_COMMAND = "python -m experiments.iwae --rows all iwae-1l-k50-stl iwae-1l-k50-dreg --stages 3 --seeds 2"
 # The earlier runs: the paper text's optimizer, and 2-layer rows of another model (z1 = 50, z2 = 100).
 IWAE_TEXT_COMMAND = "python -m experiments.iwae --setup text --rows all iwae-1l-k50-stl iwae-1l-k50-dreg --stages 3"
 IWAE_LONG_COMMAND = "python -m experiments.iwae --setup text --rows iwae-1l-k1 --stages 7"
@@ -134,7 +134,10 @@ ROWS = (
         Row(f"NLL, short: {v}", "nll_quick", "python -m experiments.nll --epochs 10 --iw-samples 1000", _nll(v), v)
         for v in ("vae_400_20", "vae_200x2_50")
     ),
-    *(Row(f"IWAE, 3 of 8 stages: {v}", "iwae", IWAE_COMMAND, _iwae(v), v) for v in ("iwae-1l-k1", "iwae-1l-k50")),
+    *(
+        Row(f"IWAE, 3 of 8 stages: {v}", "iwae", IWAE_COMMAND, _iwae(v), v)
+        for v in ("iwae-1l-k1", "iwae-1l-k50", "iwae-2l-k1", "iwae-2l-k50")
+    ),
     Row(
         "IWAE, paper text's setup, 7 of 8 stages: iwae-1l-k1",
         "iwae_7stages",
