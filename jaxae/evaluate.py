@@ -190,8 +190,8 @@ def active_units(model: nn.Module, params, x: np.ndarray, key: jax.Array, *, thr
     """Burda et al.'s (2015) active units of each stochastic layer: the dimensions whose
     posterior mean varies over the images ``x`` with variance above ``threshold``.
 
-    Layer 1's mean is ``E[z_1 | x]``; an upper layer's, ``E[z_l | z_{l-1}]`` at one draw of
-    ``z_{l-1}`` (from ``key``), as the paper's code measures it.
+    Each layer's mean is the model's ``posterior_means`` (for a chain: ``E[z_l | z_{l-1}]``
+    at one draw of ``z_{l-1}`` from ``key``, as the paper's code measures it).
     """
     means = _posterior_means(model)
     x = as_images(x)
@@ -202,16 +202,7 @@ def active_units(model: nn.Module, params, x: np.ndarray, key: jax.Array, *, thr
 
 @functools.cache
 def _posterior_means(model: nn.Module) -> Callable:
-    def means(params, x, key):
-        mean, logvar = model.apply(params, x, method=model.encode)
-        found = [mean]
-        for layer in range(1, getattr(model, "depth", 1)):
-            z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.fold_in(key, layer), mean.shape)
-            mean, logvar = model.apply(params, z, layer, method=model.upper_posterior)
-            found.append(mean)
-        return found
-
-    return jax.jit(means)
+    return jax.jit(lambda params, x, key: model.apply(params, x, key, method=model.posterior_means))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,9 +32,9 @@ def bias_init(fan_in: int):
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def dense(features: int, fan_in: int, dtype: jnp.dtype | None = None) -> nn.Dense:
+def dense(features: int, fan_in: int, dtype: jnp.dtype | None = None, name: str | None = None) -> nn.Dense:
     """A Dense layer with PyTorch's default initialisation for ``fan_in`` inputs."""
-    return nn.Dense(features, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init(fan_in))
+    return nn.Dense(features, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init(fan_in), name=name)
 
 
 class MLP(nn.Module):
@@ -50,19 +50,33 @@ class MLP(nn.Module):
     activation: Callable[[jax.Array], jax.Array] = nn.relu
     glorot: bool = False
 
+    @staticmethod
+    def layer_name(i: int) -> str:
+        """The name of the ``i``-th Dense layer's parameters (as linen would name it)."""
+        return f"Dense_{i}"
+
+    @property
+    def output_layer(self) -> str:
+        """The name of the last Dense layer's parameters."""
+        return self.layer_name(len(self.widths) - 1)
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, width in enumerate(self.widths):
-            layer = glorot_dense(width, self.dtype) if self.glorot else dense(width, x.shape[-1], self.dtype)
+            name = self.layer_name(i)
+            if self.glorot:
+                layer = glorot_dense(width, self.dtype, name=name)
+            else:
+                layer = dense(width, x.shape[-1], self.dtype, name=name)
             x = layer(x)
             if i < len(self.widths) - 1 or self.activate_last:
                 x = self.activation(x)
         return x
 
 
-def glorot_dense(features: int, dtype: jnp.dtype | None = None) -> nn.Dense:
+def glorot_dense(features: int, dtype: jnp.dtype | None = None, name: str | None = None) -> nn.Dense:
     """A Dense layer with Glorot-uniform weights and zero biases."""
-    return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.xavier_uniform())
+    return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.xavier_uniform(), name=name)
 
 
 def _patches(x: jax.Array, size: int, stride: int, out_h: int, out_w: int) -> jax.Array:

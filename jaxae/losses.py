@@ -150,16 +150,16 @@ def binarized(objective: Objective) -> Objective:
 ESTIMATORS = ("plain", "stl", "dreg")
 
 
-def log_normal(z: jax.Array, mean: jax.Array | float = 0.0, logvar: jax.Array | float = 0.0) -> jax.Array:
-    """``log N(z; mean, exp(logvar))`` of a diagonal Gaussian, summed over the last axis."""
-    return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + logvar + (z - mean) ** 2 * jnp.exp(-logvar), axis=-1)
-
-
 def log_weights(
     model: nn.Module, params, inputs: jax.Array, targets: jax.Array, key: jax.Array, *, samples: int, estimator: str
 ) -> tuple[jax.Array, jax.Array]:
     """``log w_i = log p(x, z_i) - log q(z_i | x)`` for ``samples`` draws ``z_i ~ q(z | x)``:
     ``(k, N)``, and the logits decoded from the first draw, ``(N, H*W*C)``.
+
+    The model draws and scores its latents through the latent-variable protocol
+    (:class:`jaxae.latent.GaussianLatent`: ``sample_posterior``, ``log_posterior``,
+    ``log_prior``, ``decode``), for one stochastic layer or a chain of them alike; ``q``
+    reads ``inputs`` and the Bernoulli likelihood scores ``targets``.
 
     The estimator decides the gradient, never the value:
 
@@ -169,46 +169,22 @@ def log_weights(
     - ``dreg``: as ``stl``, and the gradient reaching the encoder through ``z_i`` is
       multiplied by the normalised weight ``w_i / sum_j w_j``: weighted once more by the
       bound's own weights, this is Tucker et al.'s (2018) doubly reparameterized gradient.
-
-    A model with several stochastic layers (``model.depth > 1``, see
-    :class:`jaxae.models.HierarchicalVAE`) draws the chain ``z_1 .. z_L`` from ``q``,
-    layer ``l > 1`` with ``fold_in(key, l - 1)``, and scores it under its prior chain.
     """
-    depth = getattr(model, "depth", 1)
-    mean, logvar = cast(tuple[jax.Array, jax.Array], model.apply(params, inputs, method=model.encode))
-    mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
-    eps = jax.random.normal(key, (samples, *mean.shape), mean.dtype)
-    zs = [mean + jnp.exp(0.5 * logvar) * eps]
-    for layer in range(1, depth):
-        upper_mean, upper_logvar = _upper(model, params, zs[-1], layer, model.upper_posterior)
-        upper_eps = jax.random.normal(jax.random.fold_in(key, layer), upper_mean.shape, upper_mean.dtype)
-        zs.append(upper_mean + jnp.exp(0.5 * upper_logvar) * upper_eps)
-    q_mean, q_logvar = (mean, logvar) if estimator == "plain" else jax.lax.stop_gradient((mean, logvar))
+    zs = cast(list[jax.Array], model.apply(params, inputs, key, samples, method=model.sample_posterior))
     flat_targets = _flat(targets)
 
     def joint_minus_q(params, zs):
         z = zs[0]
         logits = model.apply(params, z.reshape(-1, z.shape[-1]), method=model.decode).astype(jnp.float32)
         logits = logits.reshape(samples, *flat_targets.shape)
-        log_w = -jax.vmap(bernoulli_nll, in_axes=(0, None))(logits, flat_targets) - log_normal(z, q_mean, q_logvar)
         q_params = params if estimator == "plain" else jax.lax.stop_gradient(params)
-        for layer in range(1, depth):  # q(z_{l+1} | z_l) and p(z_l | z_{l+1})
-            log_w -= log_normal(zs[layer], *_upper(model, q_params, zs[layer - 1], layer, model.upper_posterior))
-            log_w += log_normal(zs[layer - 1], *_upper(model, params, zs[layer], layer, model.upper_prior))
-        return log_w + log_normal(zs[-1]), logits[0]
+        log_q = model.apply(q_params, inputs, zs, method=model.log_posterior)
+        log_likelihood = -jax.vmap(bernoulli_nll, in_axes=(0, None))(logits, flat_targets)
+        return log_likelihood - log_q + model.apply(params, zs, method=model.log_prior), logits[0]
 
     if estimator == "dreg":
         return _reweighted_path_gradient(joint_minus_q)(params, zs)
     return joint_minus_q(params, zs)
-
-
-def _upper(model: nn.Module, params, z: jax.Array, layer: int, method) -> tuple[jax.Array, jax.Array]:
-    """An upper layer's (mean, logvar) for draws ``z (k, N, D)``, each ``(k, N, D')`` in float32."""
-    mean, logvar = cast(
-        tuple[jax.Array, jax.Array], model.apply(params, z.reshape(-1, z.shape[-1]), layer, method=method)
-    )
-    shape = (*z.shape[:-1], mean.shape[-1])
-    return mean.reshape(shape).astype(jnp.float32), logvar.reshape(shape).astype(jnp.float32)
 
 
 def _reweighted_path_gradient(log_weights_of: Callable) -> Callable:

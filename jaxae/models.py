@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import flax.linen as nn
 import jax
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxae.latent import GaussianLatent, float32, log_normal, reparameterize
 from jaxae.layers import MLP, Conv2x, ConvTranspose2x, dense, glorot_dense
 
 Shape = tuple[int, int, int]
@@ -45,12 +46,6 @@ class AutoencoderOutput:
     z: jax.Array
     mean: jax.Array | None = None
     logvar: jax.Array | None = None
-
-
-def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
-    """Samples ``z = mean + exp(logvar / 2) * eps``, ``eps ~ N(0, I)`` drawn from ``key``."""
-    eps = jax.random.normal(key, mean.shape, mean.dtype)
-    return mean + jnp.exp(0.5 * logvar) * eps
 
 
 class MLPAutoencoder(nn.Module):
@@ -79,7 +74,7 @@ class MLPAutoencoder(nn.Module):
         return AutoencoderOutput(logits=self.decode(z), z=z)
 
 
-class VAE(nn.Module):
+class VAE(GaussianLatent, nn.Module):
     """Variational autoencoder with MLP encoder and decoder (Kingma & Welling, 2014).
 
     The encoder gives a diagonal Gaussian posterior; ``__call__`` samples it with the
@@ -172,7 +167,7 @@ class ConvAutoencoder(nn.Module):
         return AutoencoderOutput(logits=self.decode(z), z=z)
 
 
-class ConvVAE(ConvAutoencoder):
+class ConvVAE(GaussianLatent, ConvAutoencoder):
     """Variational autoencoder with the convolutional encoder and decoder of
     :class:`ConvAutoencoder`: the dense code layer becomes a Gaussian posterior."""
 
@@ -200,7 +195,7 @@ def variational_call(model: nn.Module, x: jax.Array, key: jax.Array | None) -> A
     return AutoencoderOutput(logits=model.decode(z), z=z, mean=mean, logvar=logvar)
 
 
-class HierarchicalVAE(nn.Module):
+class HierarchicalVAE(GaussianLatent, nn.Module):
     """Burda et al.'s (2015) VAE: stochastic layers ``z_1 .. z_L`` of diagonal Gaussians,
     tanh MLPs between them, Glorot-uniform weights.
 
@@ -259,23 +254,61 @@ class HierarchicalVAE(nn.Module):
         return self.decoder(z).reshape(z.shape[0], *self.image_shape)
 
     def upper_posterior(self, z: jax.Array, layer: int) -> tuple[jax.Array, jax.Array]:
-        """``q(z_{layer+1} | z_layer)`` for ``layer = 1 .. depth-1``: (mean, logvar)."""
-        h = self.q_hidden[layer - 1](z)
-        return self.q_mean[layer - 1](h), self._logvar(self.q_logvar[layer - 1](h))
+        """``q(z_{layer+1} | z_layer)`` for ``layer = 1 .. depth-1``: (mean, logvar) in float32,
+        for draws ``z (..., D_layer)``."""
+        return self._upper(self.q_hidden, self.q_mean, self.q_logvar, z, layer)
 
     def upper_prior(self, z: jax.Array, layer: int) -> tuple[jax.Array, jax.Array]:
-        """``p(z_layer | z_{layer+1})`` for ``layer = 1 .. depth-1``: (mean, logvar)."""
-        h = self.p_hidden[layer - 1](z)
-        return self.p_mean[layer - 1](h), self._logvar(self.p_logvar[layer - 1](h))
+        """``p(z_layer | z_{layer+1})`` for ``layer = 1 .. depth-1``: (mean, logvar) in float32,
+        for draws ``z (..., D_{layer+1})``."""
+        return self._upper(self.p_hidden, self.p_mean, self.p_logvar, z, layer)
+
+    def _upper(self, hidden, to_mean, to_logvar, z: jax.Array, layer: int) -> tuple[jax.Array, jax.Array]:
+        """A Gaussian of the chain read from draws ``z (..., D)``, as one batch of rows."""
+        h = hidden[layer - 1](z.reshape(-1, z.shape[-1]))
+        mean, logvar = to_mean[layer - 1](h), self._logvar(to_logvar[layer - 1](h))
+        shape = (*z.shape[:-1], mean.shape[-1])
+        return float32((mean.reshape(shape), logvar.reshape(shape)))
+
+    # The latent-variable protocol (see GaussianLatent) for the chain: layer l > 1 draws with
+    # fold_in(key, l - 1).
+
+    def sample_posterior(self, x: jax.Array, key: jax.Array, samples: int) -> list[jax.Array]:
+        """``samples`` draws of the chain ``z_1 .. z_L`` from ``q``: ``[(k, N, D_l)]``."""
+        zs = super().sample_posterior(x, key, samples)
+        for layer in range(1, self.depth):
+            zs.append(reparameterize(jax.random.fold_in(key, layer), *self.upper_posterior(zs[-1], layer)))
+        return zs
+
+    def log_posterior(self, x: jax.Array, zs: list[jax.Array]) -> jax.Array:
+        """``log q(z_1 | x) + sum_l log q(z_{l+1} | z_l)``: ``(k, N)``."""
+        log_q = super().log_posterior(x, zs)
+        for layer in range(1, self.depth):
+            log_q += log_normal(zs[layer], *self.upper_posterior(zs[layer - 1], layer))
+        return log_q
+
+    def log_prior(self, zs: list[jax.Array]) -> jax.Array:
+        """``log N(z_L; 0, I) + sum_l log p(z_l | z_{l+1})``: ``(k, N)``."""
+        log_p = log_normal(zs[-1])
+        for layer in range(1, self.depth):
+            log_p += log_normal(zs[layer - 1], *self.upper_prior(zs[layer], layer))
+        return log_p
+
+    def posterior_means(self, x: jax.Array, key: jax.Array) -> list[jax.Array]:
+        """``E[z_1 | x]``, then ``E[z_l | z_{l-1}]`` at one draw of ``z_{l-1}`` (with
+        ``fold_in(key, l - 1)``), as Burda et al.'s code measures active units: ``[(N, D_l)]``."""
+        mean, logvar = float32(self.encode(x))
+        means = [mean]
+        for layer in range(1, self.depth):
+            z = reparameterize(jax.random.fold_in(key, layer), mean, logvar)
+            mean, logvar = self.upper_posterior(z, layer)
+            means.append(mean)
+        return means
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> AutoencoderOutput:
         out = variational_call(self, x, key)
-        if self.is_initializing():  # create the upper layers' parameters too
-            z = out.z
-            for layer in range(1, self.depth):
-                mean, _ = self.upper_posterior(z, layer)
-                self.upper_prior(mean, layer)
-                z = mean
+        if self.is_initializing():  # linen creates a layer's parameters where it is first called
+            self.log_prior(self.sample_posterior(x, jax.random.key(0), 1))
         return out
 
 
@@ -286,11 +319,11 @@ def mean_pixel_logits(images: np.ndarray) -> np.ndarray:
     return np.log(mean / (1 - mean)).astype(np.float32)
 
 
-def with_output_bias(params: dict, bias: jax.Array) -> dict:
-    """``params`` of a model with an MLP decoder (ae, vae, hvae) whose last layer's bias is
-    ``bias (H*W*C,)``: the decoder then starts at the mean image (Burda et al., 2015)."""
+def with_output_bias(model: nn.Module, params: dict, bias: jax.Array) -> dict:
+    """``params`` of a model with an MLP ``decoder`` (ae, vae, hvae) whose last layer's bias
+    is ``bias (H*W*C,)``: the decoder then starts at the mean image (Burda et al., 2015)."""
+    last = cast(MLP, model.bind(params).decoder).output_layer
     decoder = params["params"]["decoder"]
-    last = max(decoder, key=lambda name: int(name.rsplit("_", 1)[1]))
     if decoder[last]["bias"].shape != bias.shape:
         raise ValueError(f"the decoder's output bias has shape {decoder[last]['bias'].shape}, not {bias.shape}")
     layer = {**decoder[last], "bias": jnp.asarray(bias, decoder[last]["bias"].dtype)}

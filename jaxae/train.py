@@ -62,7 +62,7 @@ def create_state(
     (:func:`jaxae.models.with_output_bias`)."""
     params = init_params(model, image_shape, key)
     if output_bias is not None:
-        params = models.with_output_bias(params, jnp.asarray(output_bias))
+        params = models.with_output_bias(model, params, jnp.asarray(output_bias))
     state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
     return state.replace(step=jnp.zeros((), jnp.int32))  # an array, so checkpoints restore its dtype
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxae import build, corruptions, evaluate, losses, models, train, validation
+from jaxae import build, corruptions, evaluate, latent, losses, models, train, validation
 from jaxae import config as config_
 
 
@@ -26,7 +26,7 @@ def test_one_sample_bound_is_the_one_sample_elbo(vae_and_images):
     mean, logvar = model.apply(params, x, method=model.encode)
     z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.split(key, 1)[0], (1, *mean.shape))[0]
     logits = model.apply(params, z, method=model.decode)
-    elbo = -losses.bernoulli_nll(logits, x) + losses.log_normal(z) - losses.log_normal(z, mean, logvar)
+    elbo = -losses.bernoulli_nll(logits, x) + latent.log_normal(z) - latent.log_normal(z, mean, logvar)
     np.testing.assert_allclose(nll, -elbo, rtol=1e-5)
 
 
@@ -60,7 +60,7 @@ def test_estimate_converges_to_the_exact_marginal_likelihood():
     logits = model.apply(params, grid, method=model.decode).reshape(points, 1, 3)
     targets = images.reshape(8, 3)
     log_joint = -jax.vmap(lambda row: losses.bernoulli_nll(jnp.broadcast_to(row, (8, 3)), targets))(logits)
-    log_joint = log_joint + losses.log_normal(grid)[:, None]
+    log_joint = log_joint + latent.log_normal(grid)[:, None]
     exact = -(jax.scipy.special.logsumexp(log_joint, axis=0) + np.log(step))
     np.testing.assert_allclose(float(jnp.sum(jnp.exp(-exact))), 1.0, rtol=1e-4)  # a distribution over 8 images
     estimate = evaluate.importance_weighted_nll(model, params, images, jax.random.key(0), samples=20_000, chunk=2000)

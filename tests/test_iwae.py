@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxae import build, config, evaluate, losses, models, train, validation
+from jaxae import build, config, evaluate, latent, losses, models, train, validation
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_one_sample_bound_is_the_one_sample_elbo_and_the_iw_nll(tiny_vae):
     mean, logvar = model.apply(params, x, method=model.encode)
     z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, (1, *mean.shape))[0]
     logits = model.apply(params, z, method=model.decode)
-    one_sample_elbo = -losses.bernoulli_nll(logits, x) + losses.log_normal(z) - losses.log_normal(z, mean, logvar)
+    one_sample_elbo = -losses.bernoulli_nll(logits, x) + latent.log_normal(z) - latent.log_normal(z, mean, logvar)
     np.testing.assert_allclose(loss, -one_sample_elbo, rtol=1e-5)
     np.testing.assert_allclose(objective("vae_k", 1, "plain")(model, params, x, x, key)[0], loss, rtol=1e-6)
     chunk_key = jax.random.split(key, 1)[0]  # the evaluation draws its one chunk from split(key)
@@ -171,7 +171,7 @@ def test_the_bound_converges_to_the_exact_likelihood_of_a_two_dimensional_code(t
     grid = jnp.linspace(-7, 7, 561)
     z = jnp.stack(jnp.meshgrid(grid, grid), -1).reshape(-1, 2)
     logits = model.apply(params, z, method=model.decode)
-    log_joint = -jax.vmap(lambda image: losses.bernoulli_nll(logits, image[None]))(x) + losses.log_normal(z)
+    log_joint = -jax.vmap(lambda image: losses.bernoulli_nll(logits, image[None]))(x) + latent.log_normal(z)
     exact = -(jax.scipy.special.logsumexp(log_joint, axis=1) + 2 * jnp.log(grid[1] - grid[0]))
     key = jax.random.key(6)
     one_sample = jax.vmap(lambda k: evaluate.importance_weighted_nll(model, params, x, k, samples=1))
@@ -199,7 +199,7 @@ def test_the_output_bias_starts_at_the_logit_of_the_mean_training_pixel(mnist_sm
     same = jax.tree.map(np.array_equal, state.params, plain.params)
     assert sum(not leaf for leaf in jax.tree.leaves(same)) == 1  # nothing else moved
     with pytest.raises(ValueError, match="the decoder's output bias has shape"):
-        models.with_output_bias(state.params, expected[:10])
+        models.with_output_bias(model, state.params, expected[:10])
     with pytest.raises(config.ConfigError, match="`init_output_bias` needs an MLP decoder"):
         validation.validate(config.Config(model="conv_ae", init_output_bias=True))
 
@@ -494,3 +494,55 @@ def test_the_committed_long_run_continues_from_its_checkpoint_with_its_optimizer
         state, meta = saved.restore(template, saved.latest_epoch())
     assert meta["epoch"] == len(history) == json.loads(history[-1])["epoch"]
     assert int(state.step) == 3000 * len(history) and int(state.opt_state[0].count) == 3000 * len(history)
+
+
+def test_committed_two_layer_parameters_score_their_chain_as_the_paper_writes_the_model(mnist_test):
+    """The latent-variable protocol against the 2-layer model written out in numpy from the
+    committed parameters: ``log w = log p(x | z1) + log p(z1 | z2) + log p(z2) - log q(z1 | x) - log q(z2 | z1)``."""
+    from jaxae.restore import restore_run
+
+    run = restore_run(RESULTS / "iwae" / "iwae-2l-k50" / "seed_0")
+    weights = {
+        "/".join(k.key for k in path): np.asarray(v, np.float64)
+        for path, v in jax.tree_util.tree_leaves_with_path(run.params["params"])
+    }
+    x = build.binarize_test_set(mnist_test.images[:8]).astype(np.float32) / 255
+    key = jax.random.key(7)
+    zs = run.model.apply(run.params, x, key, 3, method=run.model.sample_posterior)
+    log_w, _ = losses.log_weights(run.model, run.params, x, x, key, samples=3, estimator="plain")
+    assert [z.shape for z in zs] == [(3, 8, 100), (3, 8, 50)] and log_w.shape == (3, 8)
+
+    def dense(name, h):
+        return h @ weights[f"{name}/kernel"] + weights[f"{name}/bias"]
+
+    def mlp(name, h, layers):
+        for i in range(layers):
+            h = np.tanh(dense(f"{name}/Dense_{i}", h))
+        return h
+
+    def log_normal(z, mean, log_sigma):  # the code's Gaussians output log sigma
+        return np.sum(-0.5 * np.log(2 * np.pi) - log_sigma - 0.5 * ((z - mean) / np.exp(log_sigma)) ** 2, axis=-1)
+
+    z1, z2 = (np.asarray(z, np.float64) for z in zs)
+    h = mlp("encoder", x.reshape(8, -1).astype(np.float64), 2)
+    log_q = log_normal(z1, dense("to_mean", h), dense("to_logvar", h))
+    h = mlp("q_hidden_0", z1, 2)
+    log_q += log_normal(z2, dense("q_mean_0", h), dense("q_logvar_0", h))
+    h = mlp("p_hidden_0", z2, 2)
+    log_p = log_normal(z2, 0.0, 0.0) + log_normal(z1, dense("p_mean_0", h), dense("p_logvar_0", h))
+    logits = dense("decoder/Dense_2", mlp("decoder", z1, 2))
+    targets = x.reshape(8, -1)
+    log_likelihood = np.sum(targets * logits - np.logaddexp(0, logits), axis=-1)
+    np.testing.assert_allclose(log_w, log_likelihood + log_p - log_q, rtol=2e-5)
+
+
+@pytest.mark.parametrize("row", ["iwae-1l-k50", "iwae-2l-k50"])
+def test_committed_parameters_measure_again_the_active_units_their_table_holds(row):
+    import json
+
+    from experiments.iwae import measure_run
+    from jaxae.restore import restore_run
+
+    folder = RESULTS / "iwae" / row / "seed_0"
+    kept = json.loads((folder / "table.json").read_text())
+    assert measure_run(restore_run(folder), samples=1)["active_units"] == kept["active_units"]

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxae import build, layers, models
+from jaxae import build, latent, layers, models
 from jaxae import config as config_
 
 
@@ -48,7 +48,7 @@ def test_vae_noise_comes_from_the_key_only(model):
 
 def test_reparameterize_moments():
     mean, logvar = jnp.array([1.0, -2.0]), jnp.log(jnp.array([0.25, 4.0]))
-    z = jax.vmap(lambda k: models.reparameterize(k, mean, logvar))(jax.random.split(jax.random.key(0), 200_000))
+    z = jax.vmap(lambda k: latent.reparameterize(k, mean, logvar))(jax.random.split(jax.random.key(0), 200_000))
     np.testing.assert_allclose(z.mean(0), mean, atol=0.02)
     np.testing.assert_allclose(z.var(0), jnp.exp(logvar), rtol=0.02)
 
