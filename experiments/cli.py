@@ -21,7 +21,6 @@ import statistics
 import sys
 import threading
 import time
-import types
 import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from tqdm import tqdm
 
 from jaxae import evaluate, parallel
 from jaxae.checkpoint import CheckpointError
-from jaxae.config import Config, ConfigError, field_help
+from jaxae.config import SAVED_WHEN_RESUMED, Config, ConfigError, field_help, field_type
 from jaxae.data import DataError, cache_dir
 from jaxae.files import WriteError
 from jaxae.train import TrainingDiverged
@@ -119,16 +118,14 @@ def _set_compilation_cache(enabled: bool, folder: str | None, min_compile_second
     jax_compilation_cache.reset_cache()  # JAX reads the settings once; make it read them again
 
 
-def _flag_type(annotation) -> tuple[type, dict]:
-    """argparse settings for a Config field's type annotation."""
-    hint = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation  # noqa: S307
-    if typing.get_origin(hint) is tuple:
-        return typing.get_args(hint)[0], {"nargs": "+"}
-    if isinstance(hint, types.UnionType):  # X | None
-        return next(a for a in typing.get_args(hint) if a is not type(None)), {}
-    if hint is bool:
+def _flag_type(name: str) -> tuple[type, dict]:
+    """argparse settings for Config field ``name``."""
+    kind, is_tuple, _ = field_type(name)
+    if is_tuple:
+        return kind, {"nargs": "+"}
+    if kind is bool:
         return bool, {"action": argparse.BooleanOptionalAction}
-    return hint, {}
+    return kind, {}
 
 
 def build_parser(
@@ -139,7 +136,7 @@ def build_parser(
     for field in dataclasses.fields(Config):
         if field.name in fixed:
             continue
-        kind, extra = _flag_type(field.type)
+        kind, extra = _flag_type(field.name)
         if kind is not bool:
             extra["type"] = kind
         default = getattr(defaults, field.name)
@@ -198,8 +195,6 @@ def positive_hours(text: str) -> float:
 
 
 LAUNCH_FLAGS = ("coordinator_address", "num_processes", "process_id", "distributed")
-# Flags that, when not given, take the resumed run's saved value instead of the script's default.
-SAVED_WHEN_RESUMED = ("epochs",)
 
 
 def _prog() -> str | None:

@@ -16,7 +16,7 @@ import optax
 
 from jaxae import corruptions, data, losses, models, optim, train
 from jaxae.config import DTYPES, TEST_BINARIZATION_KEY, Config, ConfigError
-from jaxae.validation import keyword_options, objective_name
+from jaxae.validation import function_options, named_options, objective_name
 
 
 def build_model(config: Config, image_shape: tuple[int, int, int]):
@@ -50,8 +50,9 @@ def corrupt_function(config: Config):
 def build_objective(config: Config, name: str | None = None) -> losses.Objective:
     """The objective ``name`` (default: the training one), reading corrupted inputs when
     ``config.inputs`` asks for them, on binarized images when ``config.binarize`` does."""
-    objective = losses.OBJECTIVES[name or objective_name(config)]
-    options = _options(config, "objective", objective)  # samples, estimator: for the k-sample objectives
+    name = name or objective_name(config)
+    objective = losses.OBJECTIVES[name]
+    options = _options(config, "objective", objective, name)  # samples, estimator: for the k-sample objectives
     objective = functools.partial(objective, **options) if options else objective
     corrupt = corrupt_function(config)
     objective = objective if corrupt is None else losses.with_inputs(objective, corrupt)
@@ -63,17 +64,20 @@ def build_eval_objectives(config: Config) -> dict[str, losses.Objective]:
     return {name: build_objective(config, name) for name in config.eval_objectives}
 
 
-def _options(config: Config, prefix: str, function) -> dict:
-    """The keyword options of ``function`` that ``config`` has as ``<prefix>_<option>`` fields."""
-    names = keyword_options(function)
-    return {name: getattr(config, f"{prefix}_{name}") for name in names if hasattr(config, f"{prefix}_{name}")}
+def _options(config: Config, prefix: str, function, name: str) -> dict:
+    """The options ``config`` gives ``function`` (registered as ``name``): its
+    ``<prefix>_<option>`` fields and its entries of ``config.options``."""
+    names = [option for option in function_options(function) if hasattr(config, f"{prefix}_{option}")]
+    return {option: getattr(config, f"{prefix}_{option}") for option in names} | named_options(config).get(name, {})
 
 
 def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
     """The named optimizer over the named learning-rate schedule, with the config's options."""
     schedule = optim.SCHEDULES[config.schedule]
     learning_rate = schedule(
-        config.learning_rate, steps_per_epoch=steps_per_epoch, **_options(config, config.schedule, schedule)
+        config.learning_rate,
+        steps_per_epoch=steps_per_epoch,
+        **_options(config, config.schedule, schedule, config.schedule),
     )
     for step in (0, steps_per_epoch * config.epochs):  # a negative rate would train uphill
         rate = float(learning_rate(step) if callable(learning_rate) else learning_rate)
@@ -83,9 +87,11 @@ def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTrans
                 f"finite number >= 0",
                 field="schedule",
             )
-    optimizer = optim.OPTIMIZERS[config.optimizer]
-    options = _options(config, config.optimizer, optimizer)
-    if "batch_size" in keyword_options(optimizer):  # the loss is the batch's mean
+    optimizer = optim.find_optimizer(config.optimizer)
+    if optimizer is None:
+        raise ConfigError(f"unknown `optimizer` {config.optimizer!r}", field="optimizer")
+    options = _options(config, config.optimizer, optimizer, config.optimizer)
+    if "batch_size" in function_options(optimizer):  # the loss is the batch's mean
         options["batch_size"] = config.batch_size
     return optimizer(learning_rate, **options)
 

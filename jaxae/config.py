@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import types
+import typing
 from typing import Any
 
 import jax.numpy as jnp
@@ -32,10 +34,13 @@ class ConfigError(ValueError):
         self.field = field
 
 
-def _field(default, help: str, registry: str | None = None):
+def _field(default, help: str, registry: str | None = None, *, resume: str | None = None):
     """A Config field with its help; ``registry`` (``"module:NAME"``) names the registry whose
-    names replace ``{names}`` in the help when it is shown (:func:`field_help`)."""
-    return dataclasses.field(default=default, metadata={"help": help, "registry": registry})
+    names replace ``{names}`` in the help when it is shown (:func:`field_help`). ``resume``
+    says whether a resumed run may change it: ``"any"`` (it does not change what was
+    trained), ``"saved"`` (as "any", and the command line keeps the run's own value unless
+    the flag is given), or None (it may not)."""
+    return dataclasses.field(default=default, metadata={"help": help, "registry": registry, "resume": resume})
 
 
 def field_help(field: dataclasses.Field) -> str:
@@ -59,9 +64,13 @@ class Config:
     objective_estimator: str = _field(
         "plain", "k-sample objectives' gradient estimator: {names}", "jaxae.losses:ESTIMATORS"
     )
-    epochs: int = _field(20, "train until this many epochs are done")
+    epochs: int = _field(20, "train until this many epochs are done", resume="saved")
     batch_size: int = _field(128, "images per training step over all devices (each device gets batch / devices)")
-    optimizer: str = _field("adam", "optimizer by name (jaxae.optim.OPTIMIZERS): {names}", "jaxae.optim:OPTIMIZERS")
+    optimizer: str = _field(
+        "adam",
+        "optimizer by name (jaxae.optim.OPTIMIZERS): {names}, or an optax optimizer's (adamw, lion, ...)",
+        "jaxae.optim:OPTIMIZERS",
+    )
     learning_rate: float = _field(1e-3, "learning rate (the schedule's peak)")
     adam_b1: float = _field(0.9, "Adam's first-moment decay")
     adam_b2: float = _field(0.999, "Adam's second-moment decay")
@@ -70,9 +79,14 @@ class Config:
     schedule: str = _field(
         "constant", "learning-rate schedule (jaxae.optim.SCHEDULES): {names}", "jaxae.optim:SCHEDULES"
     )
-    stages_count: int = _field(8, "stages schedule: how many stages (stage i runs growth**i epochs)")
+    stages_count: int = _field(8, "stages schedule: how many stages (stage i runs growth**i epochs)", resume="any")
     stages_growth: int = _field(3, "stages schedule: each stage runs this many times the epochs of the one before")
     stages_decay: float = _field(10 ** (-1 / 7), "stages schedule: the learning rate's factor from a stage to the next")
+    options: tuple[str, ...] = _field(
+        (),
+        "options that have no field of their own, as NAME.OPTION=VALUE, for the run's optimizer, schedule or "
+        "objectives by their names: adamw.weight_decay=0.01",
+    )
     init_output_bias: bool = _field(
         False, "start the decoder's output bias at the logit of the mean training pixel (Burda et al. 2015)"
     )
@@ -87,17 +101,23 @@ class Config:
     )
     seed: int = _field(0, "seed of every random draw of the run")
     dataset: str = _field("mnist", "mnist, fashion_mnist or a TFDS image dataset")
-    data_source: str = _field("auto", "where the data comes from: {names}", "jaxae.data:SOURCES")
-    data_dir: str | None = _field(None, "IDX folder (idx source) or TFDS data folder (tfds source)")
+    data_source: str = _field("auto", "where the data comes from: {names}", "jaxae.data:SOURCES", resume="any")
+    data_dir: str | None = _field(None, "IDX folder (idx source) or TFDS data folder (tfds source)", resume="any")
     train_images: int | None = _field(None, "train on only the first N training images; without it, on all")
     test_images: int | None = _field(None, "evaluate on only the first N test images; without it, on all")
-    eval_objectives: tuple[str, ...] = _field((), "more objectives to score the test set with each epoch, by name")
-    eval_batch_size: int = _field(1000, "test images per evaluation batch")
-    plot_epochs: tuple[int, ...] = _field((10, 19), "epochs whose reconstructions are drawn (the last always is)")
-    train_rows: bool = _field(False, "add training originals and their reconstructions to the figures")
-    keep_checkpoints: int = _field(3, "latest checkpoints kept; the best by test loss is kept too")
+    eval_objectives: tuple[str, ...] = _field(
+        (), "more objectives to score the test set with each epoch, by name", resume="any"
+    )
+    eval_batch_size: int = _field(1000, "test images per evaluation batch", resume="any")
+    plot_epochs: tuple[int, ...] = _field(
+        (10, 19), "epochs whose reconstructions are drawn (the last always is)", resume="any"
+    )
+    train_rows: bool = _field(False, "add training originals and their reconstructions to the figures", resume="any")
+    keep_checkpoints: int = _field(3, "latest checkpoints kept; the best by test loss is kept too", resume="any")
     tensorboard: bool = _field(
-        False, 'also write TensorBoard event files into <workdir>/tensorboard (pip install "jaxae[tensorboard]")'
+        False,
+        'also write TensorBoard event files into <workdir>/tensorboard (pip install "jaxae[tensorboard]")',
+        resume="any",
     )
     dtype: str = _field("float32", "compute dtype: float32, or bfloat16 (parameters and optimizer stay float32)")
     seeds: int = _field(1, "train this many models at once (jax.vmap), seeds seed .. seed+N-1, each in seed_<s>/")
@@ -119,30 +139,45 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown config fields {unknown}: the run was made by another version of jaxae")
         for name, value in fields.items():
-            if not _has_json_type(value, str(known[name].type)):
+            if not _has_json_type(value, name):
                 raise ConfigError(f"`{name}` holds {value!r:.40}, not a {known[name].type}", field=name)
-        tuples = {name for name, f in known.items() if "tuple" in str(f.type)}
+        tuples = {name for name in known if field_type(name)[1]}
         values: dict[str, Any] = {k: tuple(v) if k in tuples else v for k, v in fields.items()}
         return cls(**values)
 
 
-def _has_json_type(value, annotation: str) -> bool:
-    """Whether a JSON value fits a Config field's annotation (``int``, ``str | None``, ``tuple[int, ...]``...)."""
-    if annotation.startswith("tuple["):
-        item = annotation.removeprefix("tuple[").split(",")[0]
-        return isinstance(value, (list, tuple)) and all(_has_json_type(v, item) for v in value)
-    if annotation.endswith(" | None") and value is None:
-        return True
-    kinds = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}[annotation.removesuffix(" | None")]
-    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+def field_type(name: str) -> tuple[type, bool, bool]:
+    """A Config field's value type, whether it is a tuple of them, and whether it may be None:
+    ``tuple[int, ...]`` -> ``(int, True, False)``, ``str | None`` -> ``(str, False, True)``."""
+    hint = _FIELD_TYPES[name]
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0], True, False
+    if isinstance(hint, types.UnionType):  # X | None
+        return next(a for a in typing.get_args(hint) if a is not type(None)), False, True
+    return hint, False, False
 
 
-# Fields that may change when a run is resumed: they do not change what was trained.
-RESUMABLE_FIELDS = frozenset(
-    {"epochs", "plot_epochs", "data_source", "data_dir", "keep_checkpoints", "train_rows", "eval_objectives"}
-    | {"tensorboard"}
-    | {"eval_batch_size", "stages_count"}  # later stages do not change the epochs of earlier ones
-)
+def _has_json_type(value, name: str) -> bool:
+    """Whether a JSON value fits Config field ``name``'s type."""
+    kind, is_tuple, optional = field_type(name)
+    if is_tuple:
+        return isinstance(value, (list, tuple)) and all(_is(v, kind) for v in value)
+    return (optional and value is None) or _is(value, kind)
+
+
+def _is(value, kind: type) -> bool:
+    """``isinstance`` as JSON means it: an int is a float, a bool is no number."""
+    kinds = (int, float) if kind is float else (kind,)
+    return isinstance(value, kinds) and (kind is bool or not isinstance(value, bool))
+
+
+_FIELD_TYPES = typing.get_type_hints(Config)
+
+# Fields that a resumed run may change (they do not change what was trained; a later stage
+# does not change the epochs of earlier ones), and those of them that the command line keeps
+# at the run's own value unless given: from each field's ``resume``.
+RESUMABLE_FIELDS = frozenset(f.name for f in dataclasses.fields(Config) if f.metadata["resume"])
+SAVED_WHEN_RESUMED = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["resume"] == "saved")
 
 # Upper bounds far past any run this machine or a TPU pod could hold, so that a typo's
 # 10^20 is refused here in one line, not as an overflow or a failed allocation later.

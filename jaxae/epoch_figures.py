@@ -13,7 +13,7 @@ import numpy as np
 from jaxae import losses, plots, train
 from jaxae.build import corrupt_function
 from jaxae.config import Config
-from jaxae.validation import keyword_options, objective_name
+from jaxae.validation import function_options, objective_name
 
 LOSS_UNITS = {"elbo": "-ELBO (nats per image)", "reconstruction": "MSE per pixel"}
 
@@ -21,7 +21,7 @@ LOSS_UNITS = {"elbo": "-ELBO (nats per image)", "reconstruction": "MSE per pixel
 def run_title(config: Config) -> str:
     """What a run trains, for its figures' titles: ``vae, elbo`` or ``hvae, iwae k = 50, dreg``."""
     name = objective_name(config)
-    options = keyword_options(losses.OBJECTIVES[name])
+    options = function_options(losses.OBJECTIVES[name])
     title = f"{config.model}, {name}" + (f" k = {config.objective_samples}" if "samples" in options else "")
     return title + (
         f", {config.objective_estimator}" if "estimator" in options and config.objective_estimator != "plain" else ""

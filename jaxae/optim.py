@@ -7,19 +7,22 @@ Two plain registries, each a dict from a name to a function:
 - :data:`SCHEDULES`: ``schedule(learning_rate, *, steps_per_epoch, **options) -> number or
   optax schedule``: the learning rate over training, from its peak value.
 
-Options are keyword-only with defaults. A run's :class:`jaxae.config.Config` names both
-and carries their options as fields called ``<name>_<option>`` (``adam_eps``,
-``stages_count``); a function registered from Python takes the options the Config has
-under its name and its own defaults for the rest. An optimizer that declares a keyword
-``batch_size`` also receives the run's batch size (the loss it sees is the batch's mean)::
+Options are keyword-only with defaults. A run's :class:`jaxae.config.Config` names both;
+the built-ins' options are fields called ``<name>_<option>`` (``adam_eps``,
+``stages_count``), and any other option of the run's optimizer or schedule is set by name in
+``Config.options`` (``options=("adamw.weight_decay=0.01",)``). An optimizer that is not
+registered is looked up in optax (:func:`find_optimizer`): ``optimizer="adamw"`` trains
+with ``optax.adamw``. An optimizer that declares a keyword ``batch_size`` also receives the
+run's batch size (the loss it sees is the batch's mean)::
 
-    jaxae.optim.OPTIMIZERS["adamw"] = lambda learning_rate, *, weight_decay=1e-4: optax.adamw(
-        learning_rate, weight_decay=weight_decay
+    jaxae.optim.OPTIMIZERS["adam_clipped"] = lambda learning_rate, *, clip=1.0: optax.chain(
+        optax.clip_by_global_norm(clip), optax.adam(learning_rate)
     )
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -99,6 +102,18 @@ def adam_iwae(
 
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {"adam": adam, "adam_iwae": adam_iwae, "sgd": sgd}
+
+
+def find_optimizer(name: str) -> Callable[..., optax.GradientTransformation] | None:
+    """The optimizer called ``name``: the one registered in :data:`OPTIMIZERS`, else optax's
+    function of that name whose first parameter is ``learning_rate`` (``adamw``, ``lion``,
+    ``adafactor`` ...), else None."""
+    if name in OPTIMIZERS:
+        return OPTIMIZERS[name]
+    function = getattr(optax, name, None)
+    if not inspect.isfunction(function):
+        return None
+    return function if list(inspect.signature(function).parameters)[:1] == ["learning_rate"] else None
 
 
 def constant(learning_rate: float, *, steps_per_epoch: int) -> optax.ScalarOrSchedule:

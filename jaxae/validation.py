@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import math
+import re
 
 from jaxae import corruptions, data, losses, models, optim
 from jaxae.config import BINARIZATIONS, DTYPES, LIMITS, SCALE_OUTPUTS, SEED_LIMIT, Config, ConfigError
@@ -84,9 +86,15 @@ def validate(config: Config) -> None:
                 field="eval_objectives",
             )
     _one_of(config, "objective_estimator", losses.ESTIMATORS)
-    _one_of(config, "optimizer", optim.OPTIMIZERS)
+    if optim.find_optimizer(config.optimizer) is None:
+        raise ConfigError(
+            f"unknown `optimizer` {config.optimizer!r}: use one of {', '.join(optim.OPTIMIZERS)}, or an optax "
+            f"optimizer's name (adamw, lion, ...)",
+            field="optimizer",
+        )
     _one_of(config, "schedule", optim.SCHEDULES)
     _check_options_are_taken(config)
+    named_options(config)
     _one_of(config, "dtype", DTYPES)
     _one_of(config, "inputs", ("clean", *corruptions.CORRUPTIONS))
     limit = 1.0 if config.inputs == "salt_pepper" else math.inf
@@ -99,9 +107,91 @@ def validate(config: Config) -> None:
     _one_of(config, "data_source", data.SOURCES)
 
 
-def keyword_options(function) -> set[str]:
-    """The keyword-only option names of a registered function."""
-    return {p.name for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY}
+def function_options(function) -> dict[str, inspect.Parameter]:
+    """The options a registered function (or an optax optimizer) takes by name: its
+    keyword-only parameters and those with a default."""
+    parameters = inspect.signature(function).parameters.values()
+    return {
+        p.name: p
+        for p in parameters
+        if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)
+    }
+
+
+# Options the run itself passes: a schedule's steps per epoch, an optimizer's batch size.
+RUN_OPTIONS = ("steps_per_epoch", "batch_size")
+_OPTION = re.compile(r"([A-Za-z_]\w*)\.([A-Za-z_]\w*)=(.*)")
+
+
+def option_owners(config: Config) -> dict[str, tuple[object, str]]:
+    """The functions whose options ``Config.options`` may set, by name: the run's optimizer,
+    schedule and objectives, each with the prefix of its options' own fields."""
+    owners: dict[str, tuple[object, str]] = {
+        name: (losses.OBJECTIVES[name], "objective") for name in (objective_name(config), *config.eval_objectives)
+    }
+    owners[config.schedule] = (optim.SCHEDULES[config.schedule], config.schedule)
+    owners[config.optimizer] = (optim.find_optimizer(config.optimizer), config.optimizer)
+    return owners
+
+
+def named_options(config: Config) -> dict[str, dict]:
+    """``config.options`` as ``{function name: {option: value}}``, each value of its
+    default's type.
+
+    Raises:
+        ConfigError: an entry that is not NAME.OPTION=VALUE, names no function of the run or
+            no option of it, sets an option that has a field of its own or that the run
+            passes, repeats one, or gives a value its default's type cannot read.
+    """
+    owners = option_owners(config)
+    found: dict[str, dict] = {}
+    for entry in config.options:
+        match = _OPTION.fullmatch(entry)
+        if match is None:
+            raise ConfigError(
+                f"`options` entry {entry!r} is not NAME.OPTION=VALUE (adamw.weight_decay=0.01)", field="options"
+            )
+        name, option, text = match.groups()
+        if name not in owners:
+            raise ConfigError(
+                f"`options` entry {entry!r} names {name}, which is not the run's optimizer, schedule or objective "
+                f"({', '.join(owners)})",
+                field="options",
+            )
+        function, prefix = owners[name]
+        parameters = function_options(function)
+        if option not in parameters or option in RUN_OPTIONS:
+            takes = ", ".join(sorted(set(parameters) - set(RUN_OPTIONS))) or "none"
+            raise ConfigError(f"{name} takes no option {option!r} (its options: {takes})", field="options")
+        if hasattr(config, f"{prefix}_{option}"):
+            raise ConfigError(f"{name}.{option} has a field of its own: set `{prefix}_{option}`", field="options")
+        if option in found.setdefault(name, {}):
+            raise ConfigError(f"`options` sets {name}.{option} twice: keep one", field="options")
+        found[name][option] = _option_value(entry, text, parameters[option].default)
+    return found
+
+
+def _option_value(entry: str, text: str, default):
+    """``text`` read as a value of ``default``'s type; without a default, as JSON, else as text."""
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        if isinstance(default, (int, float, str)):
+            value = type(default)(text)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError
+            return value
+    except ValueError:
+        raise ConfigError(
+            f"`options` entry {entry!r}: the option takes a {type(default).__name__} like its default {default!r}",
+            field="options",
+        ) from None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _check_options_are_taken(config: Config) -> None:
@@ -111,7 +201,7 @@ def _check_options_are_taken(config: Config) -> None:
     defaults = Config()
     changed = {f.name for f in dataclasses.fields(Config) if getattr(config, f.name) != getattr(defaults, f.name)}
     objectives = [objective_name(config), *config.eval_objectives]
-    taken = set().union(*(keyword_options(losses.OBJECTIVES[name]) for name in objectives))
+    taken = set().union(*(function_options(losses.OBJECTIVES[name]) for name in objectives))
     for name in sorted(changed):
         if name.startswith("objective_") and name.removeprefix("objective_") not in taken:
             raise ConfigError(

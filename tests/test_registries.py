@@ -20,12 +20,12 @@ from jaxae import (
     config,
     data,
     evaluate,
-    experiment,
     losses,
     models,
     optim,
     probe,
     restore,
+    runner,
     train,
     validation,
 )
@@ -53,7 +53,7 @@ def trains(workdir_: Path) -> bool:
 def test_every_registered_name_trains_a_real_run(registry, name, slice_config, tmp_path):
     stages = {"stages_count": 2, "stages_growth": 2} if name == "stages" else {}  # options only where read
     run = tiny(slice_config, epochs=3, learning_rate=3e-3, **stages, **{registry: name})
-    experiment.train_and_evaluate(run, tmp_path)
+    runner.train_and_evaluate(run, tmp_path)
     assert trains(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())[registry] == name
 
@@ -93,6 +93,84 @@ def test_options_reach_the_optimizer_by_their_config_names():
     np.testing.assert_allclose(float(updates["w"][0]), expected, rtol=1e-5)
 
 
+def test_any_optax_optimizer_trains_by_name_with_options_that_have_no_field(slice_config, tmp_path):
+    run = config.Config(optimizer="adamw", options=("adamw.weight_decay=0.5", "adamw.nesterov=true"))
+    validation.validate(run)
+    built = build.build_optimizer(run, steps_per_epoch=10)
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.array([1.0, 0.0, -2.0])}
+    for expected, weight_decay in ((True, 0.5), (False, 1e-4)):
+        reference = optax.adamw(1e-3, weight_decay=weight_decay, nesterov=True)
+        same = np.allclose(
+            built.update(grads, built.init(params), params)[0]["w"],
+            reference.update(grads, reference.init(params), params)[0]["w"],
+        )
+        assert same == expected  # the option arrived, and it changes the step
+    runner.train_and_evaluate(tiny(slice_config, epochs=2, optimizer="lion", options=("lion.b1=0.8",)), tmp_path)
+    assert trains(tmp_path) and json.loads((tmp_path / "config.json").read_text())["options"] == ["lion.b1=0.8"]
+
+
+def test_a_registered_objectives_own_option_arrives_by_its_name():
+    def scaled(model, params, inputs, targets, key, scale=1.0):
+        loss, metrics = losses.elbo_objective(model, params, inputs, targets, key)
+        return scale * loss, metrics
+
+    losses.OBJECTIVES["scaled"] = scaled
+    try:
+        model = models.VAE(widths=(8,), latent_dim=2)
+        params = train.init_params(model, (28, 28, 1), jax.random.key(0))
+        x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
+        values = [
+            build.build_objective(config.Config(objective="scaled", options=options))(
+                model, params, x, x, jax.random.key(2)
+            )[0]
+            for options in ((), ("scaled.scale=3",))
+        ]
+        np.testing.assert_allclose(values[1], 3 * values[0], rtol=1e-6)
+    finally:
+        del losses.OBJECTIVES["scaled"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"options": ("adam.eps",)}, "`options` entry 'adam.eps' is not NAME.OPTION=VALUE"),
+        (
+            {"options": ("adamw.weight_decay=0.1",)},
+            "names adamw, which is not the run's optimizer, schedule or objective",
+        ),
+        ({"options": ("adam.eps=1e-4",)}, "adam.eps has a field of its own: set `adam_eps`"),
+        ({"options": ("adam.nesterov=true",)}, "adam takes no option 'nesterov' (its options: b1, b2, eps)"),
+        ({"optimizer": "adam_iwae", "options": ("adam_iwae.batch_size=3",)}, "adam_iwae takes no option 'batch_size'"),
+        ({"schedule": "stages", "options": ("stages.steps_per_epoch=3",)}, "stages takes no option 'steps_per_epoch'"),
+        ({"optimizer": "adamw", "options": ("adamw.weight_decay=lots",)}, "takes a float like its default 0.0001"),
+        ({"optimizer": "adamw", "options": ("adamw.nesterov=yes",)}, "takes a bool like its default False"),
+        ({"optimizer": "adamw", "options": ("adamw.b1=0.8", "adamw.b1=0.7")}, "sets adamw.b1 twice"),
+        (
+            {"objective": "iwae", "options": ("iwae.samples=3",)},
+            "iwae.samples has a field of its own: set `objective_samples`",
+        ),
+        ({"optimizer": "adamx"}, "unknown `optimizer` 'adamx': use one of adam, adam_iwae, sgd, or an optax optimizer"),
+        ({"optimizer": "chain"}, "unknown `optimizer` 'chain'"),  # in optax, but no optimizer of a learning rate
+    ],
+)
+def test_an_option_entry_that_cannot_be_read_is_refused_naming_what_would_do(changes, message):
+    with pytest.raises(config.ConfigError) as raised:
+        validation.validate(config.Config(**changes))
+    assert message in str(raised.value) and raised.value.field in changes
+
+
+def test_the_options_are_part_of_what_a_resumed_run_may_not_change():
+    from jaxae.workdir import config_differences
+
+    saved = config.Config(optimizer="adamw", options=("adamw.weight_decay=0.5",))
+    assert config_differences(saved, dataclasses.replace(saved, options=())) == [
+        "options (('adamw.weight_decay=0.5',) -> ())"
+    ]
+    assert config_differences(saved, dataclasses.replace(saved, epochs=50, stages_count=4)) == []
+    assert config.SAVED_WHEN_RESUMED == ("epochs",) and "epochs" in config.RESUMABLE_FIELDS
+
+
 def test_a_config_json_of_the_earlier_layout_loads_resumes_and_restores(slice_config, tmp_path):
     old = json.loads((ROOT / "experiments" / "results" / "vae" / "config.json").read_text())
     assert "objective" not in old and "optimizer" not in old  # a committed run from before the registries
@@ -100,11 +178,11 @@ def test_a_config_json_of_the_earlier_layout_loads_resumes_and_restores(slice_co
     assert (restored.objective, restored.optimizer, restored.schedule) == (None, "adam", "constant")
     assert validation.objective_name(restored) == "elbo" and restored.adam_eps == 1e-8  # what such a run trained with
     run = tiny(slice_config, epochs=1)
-    experiment.train_and_evaluate(run, tmp_path)
+    runner.train_and_evaluate(run, tmp_path)
     new_fields = set(config.Config().to_json()) - set(old)
     earlier = {k: v for k, v in json.loads((tmp_path / "config.json").read_text()).items() if k not in new_fields}
     (tmp_path / "config.json").write_text(json.dumps(earlier))
-    experiment.train_and_evaluate(dataclasses.replace(run, epochs=2), tmp_path, resume=True)
+    runner.train_and_evaluate(dataclasses.replace(run, epochs=2), tmp_path, resume=True)
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
     assert restore.restore_run(tmp_path).epoch == 2
 
@@ -122,8 +200,8 @@ def test_an_objective_written_outside_jaxae_trains_by_name_with_corruption_and_b
 
     monkeypatch.setitem(losses.OBJECTIVES, "watched_elbo", watched_elbo)
     run = tiny(slice_config, objective="watched_elbo", inputs="gaussian", noise_level=0.3, binarize="dynamic")
-    experiment.train_and_evaluate(dataclasses.replace(run, epochs=1), tmp_path)
-    summary = experiment.train_and_evaluate(run, tmp_path, resume=True)  # and resumes
+    runner.train_and_evaluate(dataclasses.replace(run, epochs=1), tmp_path)
+    summary = runner.train_and_evaluate(run, tmp_path, resume=True)  # and resumes
     records = read_metrics(tmp_path)
     assert [r["epoch"] for r in records] == [1, 2] and summary["epochs"] == 2
     for split in ("train", "test"):
@@ -153,8 +231,8 @@ def test_fit_scores_the_test_set_with_the_objectives_it_is_given(mnist_small):
 
 def test_restore_run_reads_parameters_without_optimizer_state_or_data(slice_config, tmp_path, monkeypatch):
     single, seeds = tmp_path / "single", tmp_path / "seeds"
-    experiment.train_and_evaluate(tiny(slice_config, epochs=1), single)
-    experiment.train_and_evaluate(tiny(slice_config, epochs=1, seeds=2), seeds)
+    runner.train_and_evaluate(tiny(slice_config, epochs=1), single)
+    runner.train_and_evaluate(tiny(slice_config, epochs=1, seeds=2), seeds)
     expected = {
         "single": restore_latest(single)[0].params,
         "seed_0": restore_latest(seeds / "seed_0")[0].params,
@@ -177,7 +255,7 @@ def test_restore_run_reads_parameters_without_optimizer_state_or_data(slice_conf
 
 
 def test_restore_run_of_a_study_folder_names_its_runs(slice_config, tmp_path):
-    experiment.train_and_evaluate(tiny(slice_config, epochs=1), tmp_path / "ae_4")
+    runner.train_and_evaluate(tiny(slice_config, epochs=1), tmp_path / "ae_4")
     with pytest.raises(config.ConfigError, match="holds the runs ae_4, each in its folder"):
         restore.restore_run(tmp_path)
 
@@ -252,7 +330,7 @@ def test_measurements_compile_once_however_often_they_are_called(mnist_small):
 def test_two_stochastic_layers_train_by_config_and_restore(slice_config, tmp_path):
     run = tiny(slice_config, model="hvae", epochs=2, latent_dim=4, upper_widths=(8,), upper_latent_dim=3)
     run = dataclasses.replace(run, objective="iwae", objective_samples=3, objective_estimator="dreg")
-    experiment.train_and_evaluate(run, tmp_path)
+    runner.train_and_evaluate(run, tmp_path)
     assert trains(tmp_path)
     restored = restore.restore_run(tmp_path)
     assert restored.model.depth == 2 and "q_mean_0" in restored.params["params"]
@@ -303,13 +381,13 @@ def test_adam_iwae_steps_as_the_authors_code_does_on_the_loss_summed_over_the_ba
 
 
 def test_the_library_says_what_it_does_unless_asked_to_be_quiet(slice_config, tmp_path, capsys):
-    experiment.train_and_evaluate(slice_config, tmp_path / "spoken")
+    runner.train_and_evaluate(slice_config, tmp_path / "spoken")
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("mnist_slice") or "images" in line for line in lines)  # where the data came from
     epochs = [line for line in lines if line.startswith("epoch ")]
     assert [line.split()[1] for line in epochs] == ["1/2", "2/2"] and all(" test " in line for line in epochs)
     records = []
-    experiment.train_and_evaluate(slice_config, tmp_path / "quiet", quiet=True, on_epoch=records.append)
+    runner.train_and_evaluate(slice_config, tmp_path / "quiet", quiet=True, on_epoch=records.append)
     assert capsys.readouterr().out == "" and [r["epoch"] for r in records] == [1, 2]
 
 
@@ -356,7 +434,7 @@ def test_small_promises_flags_in_full_no_null_figures_no_empty_title_band(slice_
         return losses.bernoulli_nll(model.apply(params, x, key=key).logits, targets), {}
 
     monkeypatch.setitem(losses.OBJECTIVES, "nats", reconstruction_nats)
-    summary = experiment.train_and_evaluate(tiny(slice_config, epochs=1, objective="nats"), tmp_path / "b", quiet=True)
+    summary = runner.train_and_evaluate(tiny(slice_config, epochs=1, objective="nats"), tmp_path / "b", quiet=True)
     assert "test_mse" not in summary and "test_mse" not in json.loads((tmp_path / "b" / "summary.json").read_text())
 
     images = np.zeros((16, 28, 28, 1), np.float32)
@@ -384,8 +462,8 @@ def read_events(folder: Path) -> list:
 
 def test_tensorboard_events_hold_each_epochs_metrics_and_its_reconstruction_grids(slice_config, tmp_path):
     run = dataclasses.replace(slice_config, epochs=2, plot_epochs=(1,), tensorboard=True)
-    experiment.train_and_evaluate(run, tmp_path, quiet=True)
-    experiment.train_and_evaluate(dataclasses.replace(run, epochs=3), tmp_path, resume=True, quiet=True)
+    runner.train_and_evaluate(run, tmp_path, quiet=True)
+    runner.train_and_evaluate(dataclasses.replace(run, epochs=3), tmp_path, resume=True, quiet=True)
     scalars, images = {}, {}
     for event in read_events(tmp_path / "tensorboard"):
         for value in event.summary.value:
@@ -426,7 +504,7 @@ def test_an_objective_that_breaks_the_contract_is_refused_before_anything_is_wri
 ):
     monkeypatch.setitem(losses.OBJECTIVES, "broken", objective)
     with pytest.raises(config.ConfigError) as raised:
-        experiment.train_and_evaluate(tiny(slice_config, objective="broken"), tmp_path / "run", quiet=True)
+        runner.train_and_evaluate(tiny(slice_config, objective="broken"), tmp_path / "run", quiet=True)
     assert message in str(raised.value) and str(raised.value).startswith("objective broken ")
     assert not (tmp_path / "run").exists()
 
@@ -435,8 +513,8 @@ def test_a_model_the_objective_cannot_score_and_a_negative_learning_rate_are_ref
     slice_config, tmp_path, monkeypatch
 ):
     with pytest.raises(config.ConfigError, match="objective elbo cannot score model ae"):
-        experiment.train_and_evaluate(tiny(slice_config, model="ae", objective="elbo"), tmp_path / "a", quiet=True)
+        runner.train_and_evaluate(tiny(slice_config, model="ae", objective="elbo"), tmp_path / "a", quiet=True)
     monkeypatch.setitem(optim.SCHEDULES, "uphill", lambda rate, *, steps_per_epoch: lambda step: -rate)
     with pytest.raises(config.ConfigError, match=r"schedule uphill gives the learning rate -0.001 at step 0"):
-        experiment.train_and_evaluate(tiny(slice_config, schedule="uphill"), tmp_path / "b", quiet=True)
+        runner.train_and_evaluate(tiny(slice_config, schedule="uphill"), tmp_path / "b", quiet=True)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
