@@ -97,16 +97,10 @@ def matmul_gflops(dtype: str, size: int, repeats: int = 5) -> float:
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def step_flops(model, objective, state, images: np.ndarray, batch_size: int, models: int) -> float:
-    """XLA's FLOP count for one train step on one batch (of all ``models`` when several)."""
-    step = train.make_train_step(model, objective)
-    batch = jnp.asarray(images[:batch_size])
-    mask = jnp.ones(batch_size)
-    if models > 1:
-        step, key = jax.vmap(step, in_axes=(0, None, None, 0)), seeds.seed_keys(range(models))
-    else:
-        key = jax.random.key(0)
-    cost = jax.jit(step).lower(state, batch, mask, key).compile().cost_analysis()
+def step_flops(model, objective, state, batch: np.ndarray, key: jax.Array, vectorize: train.Vectorize) -> float:
+    """XLA's FLOP count for one train step on ``batch`` (of every seed of ``state`` when several)."""
+    step = vectorize(train.make_train_step(model, objective), (0, None, None, 0))
+    cost = jax.jit(step).lower(state, jnp.asarray(batch), jnp.ones(len(batch)), key).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost["flops"])
 
@@ -191,21 +185,20 @@ def benchmark(config: Config, images: np.ndarray, epochs: int, *, profile: bool 
     model = build_model(config, images.shape[1:])
     objective = build_objective(config)
     tx = build_optimizer(config, steps_per_epoch=math.ceil(len(images) / batch_size))
-    if seed_count > 1:
-        keys = seeds.seed_keys(range(seed_count))
-        state = seeds.create_states(model, tx, images.shape[1:], keys=keys)
-        make_epoch, epoch_keys = seeds.make_train_epoch, functools.partial(seeds.epoch_keys, keys)
-    else:
-        keys = jax.random.key(0)
-        state = train.create_state(model, tx, images.shape[1:], key=keys)
-        make_epoch, epoch_keys = train.make_train_epoch, functools.partial(train.epoch_key, keys)
-
-    flops = step_flops(model, objective, state, images, batch_size, seed_count) * math.ceil(len(images) / batch_size)
+    state, keys, vectorize = seeds.start(model, tx, images.shape[1:], range(seed_count))
+    epoch_keys = functools.partial(train.epoch_key, keys, vectorize=vectorize)
+    flops = step_flops(model, objective, state, images[:batch_size], keys, vectorize) * math.ceil(
+        len(images) / batch_size
+    )
     device_images = jax.device_put(images)
 
     def compile_epoch() -> tuple[float, Callable]:
         start = time.perf_counter()
-        program = make_epoch(model, objective, batch_size).lower(state, device_images, epoch_keys(0)).compile()
+        program = (
+            train.make_train_epoch(model, objective, batch_size, vectorize=vectorize)
+            .lower(state, device_images, epoch_keys(0))
+            .compile()
+        )
         return time.perf_counter() - start, program
 
     def run_epoch(program: Callable, epoch: int) -> float:

@@ -31,9 +31,9 @@ from experiments.cli import (
 )
 from jaxae import parallel
 from jaxae.config import Config, ConfigError
-from jaxae.experiment import train_and_evaluate
 from jaxae.files import atomic_write_text
 from jaxae.restore import RestoredRun, restore_run
+from jaxae.runner import train_and_evaluate
 
 
 @dataclasses.dataclass(frozen=True)

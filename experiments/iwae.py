@@ -193,14 +193,8 @@ def step_seconds(variant: Config, images: np.ndarray, steps: int = 10) -> float:
     model = build_model(variant, images.shape[1:])
     tx = build_optimizer(variant, steps_per_epoch=steps)
     objective = build_objective(variant)
-    if variant.seeds > 1:
-        key = seeds.seed_keys(range(variant.seed, variant.seed + variant.seeds))
-        state = seeds.create_states(model, tx, images.shape[1:], keys=key)
-        epoch = seeds.make_train_epoch(model, objective, variant.batch_size)
-    else:
-        key = jax.random.key(variant.seed)
-        state = train.create_state(model, tx, images.shape[1:], key=key)
-        epoch = train.make_train_epoch(model, objective, variant.batch_size)
+    state, key, vectorize = seeds.start(model, tx, images.shape[1:], range(variant.seed, variant.seed + variant.seeds))
+    epoch = train.make_train_epoch(model, objective, variant.batch_size, vectorize=vectorize)
     batch = jax.device_put(images[: steps * variant.batch_size])
     state = parallel.replicate(state, parallel.data_mesh())  # placed as training places it: one compile
     state, _ = epoch(state, batch, key)  # compiles

@@ -2,7 +2,7 @@
 
 :meth:`SeedRun.start` prepares the work directory and gives the fresh state, or the latest
 checkpoint's on resume; :meth:`SeedRun.end_epoch` records an epoch (its metrics, figures
-and checkpoint); :meth:`SeedRun.finish` writes the summary. :func:`jaxae.experiment.train_and_evaluate`
+and checkpoint); :meth:`SeedRun.finish` writes the summary. :func:`jaxae.runner.train_and_evaluate`
 drives one per seed.
 """
 

@@ -50,14 +50,17 @@ def create_states(
     return stack([train.create_state(model, tx, image_shape, key=key) for key in keys])
 
 
-def epoch_keys(keys: jax.Array, epoch: int) -> jax.Array:
-    """Each seed's key of ``epoch`` (:func:`jaxae.train.epoch_key`), ``(S,)``."""
-    return train.epoch_key(keys, epoch, vectorize=vectorize)
-
-
-def make_train_epoch(model: nn.Module, objective: Objective, batch_size: int, **options) -> Callable:
-    """:func:`jaxae.train.make_train_epoch` for stacked states and keys ``(S,)``."""
-    return train.make_train_epoch(model, objective, batch_size, vectorize=vectorize, **options)
+def start(
+    model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, int, int], seeds: Sequence[int]
+) -> tuple[train.TrainState, jax.Array, train.Vectorize]:
+    """Fresh training of one seed or several: the state (stacked over the seeds when
+    several), the key (``(S,)`` when several) and the ``vectorize`` that the per-model
+    functions of :mod:`jaxae.train` take for them (``make_train_epoch``, ``epoch_key``)."""
+    if len(seeds) == 1:
+        key = jax.random.key(seeds[0])
+        return train.create_state(model, tx, image_shape, key=key), key, train.one_model
+    keys = seed_keys(seeds)
+    return create_states(model, tx, image_shape, keys=keys), keys, vectorize
 
 
 def seed_record(record: dict, index: int) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxae import checkpoint, experiment, log_routing, losses, models, train
+from jaxae import checkpoint, log_routing, losses, models, runner, train
 from jaxae.config import ConfigError
 from tests.helpers import assert_states_equal, leaves, read_metrics, restore_latest
 
@@ -43,10 +43,10 @@ def test_restore_in_a_new_process_gives_identical_parameters(tmp_path, mnist_sma
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, slice_config):
     config = dataclasses.replace(slice_config, epochs=3)
-    experiment.train_and_evaluate(config, tmp_path / "straight")
-    experiment.train_and_evaluate(dataclasses.replace(config, epochs=2), tmp_path / "resumed")
+    runner.train_and_evaluate(config, tmp_path / "straight")
+    runner.train_and_evaluate(dataclasses.replace(config, epochs=2), tmp_path / "resumed")
     messages = []
-    experiment.train_and_evaluate(config, tmp_path / "resumed", resume=True, log=messages.append)
+    runner.train_and_evaluate(config, tmp_path / "resumed", resume=True, log=messages.append)
     assert any("resumed" in m and "from epoch 2" in m for m in messages)
     straight, meta_a = restore_latest(tmp_path / "straight")
     resumed, meta_b = restore_latest(tmp_path / "resumed")
@@ -65,7 +65,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, slice_co
     # Resumed once finished, a run trains nothing and keeps its summary: the machine and
     # seconds stay those of its training, not of the call that found nothing to do.
     summary = (tmp_path / "resumed" / "summary.json").read_text()
-    again = experiment.train_and_evaluate(config, tmp_path / "resumed", resume=True)
+    again = runner.train_and_evaluate(config, tmp_path / "resumed", resume=True)
     assert (tmp_path / "resumed" / "summary.json").read_text() == summary and again == json.loads(summary)
 
 
@@ -84,14 +84,14 @@ def test_keeps_the_latest_and_the_best(tmp_path, mnist_small):
 
 def test_a_workdir_holding_a_run_is_not_overwritten_by_accident(tmp_path, slice_config):
     config = dataclasses.replace(slice_config, epochs=1)
-    experiment.train_and_evaluate(config, tmp_path)
+    runner.train_and_evaluate(config, tmp_path)
     before = (tmp_path / "metrics.jsonl").read_text()
     with pytest.raises(ConfigError, match="pass `resume` to continue it or `overwrite`"):
-        experiment.train_and_evaluate(config, tmp_path)
+        runner.train_and_evaluate(config, tmp_path)
     with pytest.raises(ConfigError, match=r"latent_dim \(4 -> 6\)"):
-        experiment.train_and_evaluate(dataclasses.replace(config, latent_dim=6), tmp_path, resume=True)
+        runner.train_and_evaluate(dataclasses.replace(config, latent_dim=6), tmp_path, resume=True)
     assert (tmp_path / "metrics.jsonl").read_text() == before
-    summary = experiment.train_and_evaluate(dataclasses.replace(config, latent_dim=6), tmp_path, overwrite=True)
+    summary = runner.train_and_evaluate(dataclasses.replace(config, latent_dim=6), tmp_path, overwrite=True)
     assert summary["epochs"] == 1
     assert json.loads((tmp_path / "config.json").read_text())["latent_dim"] == 6
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxae import data, experiment
+from jaxae import data, runner
 from jaxae.build import load_split
 from jaxae.config import ConfigError
 from jaxae.restore import restore_run
@@ -318,7 +318,7 @@ def test_an_unusable_cache_folder_warns_once_and_the_bundled_source_still_loads(
 def test_a_run_trains_and_evaluates_on_the_first_images_it_is_given(tmp_path, slice_config):
     whole = dataclasses.replace(slice_config, binarize="dynamic")
     config = dataclasses.replace(whole, epochs=1, train_images=100, test_images=30)
-    experiment.train_and_evaluate(config, tmp_path / "run")
+    runner.train_and_evaluate(config, tmp_path / "run")
     state, _ = restore_latest(tmp_path / "run")
     assert int(state.step) == math.ceil(100 / config.batch_size)  # one epoch of 100 images, not of 512
     run = restore_run(tmp_path / "run")
@@ -327,7 +327,7 @@ def test_a_run_trains_and_evaluates_on_the_first_images_it_is_given(tmp_path, sl
     np.testing.assert_array_equal(run.test_set.images, load_split(whole, "test").images[:30])
     assert len(read_metrics(tmp_path / "run")) == 1
     with pytest.raises(ConfigError, match="`test_images` 257 exceeds the 256 test images of mnist_slice"):
-        experiment.train_and_evaluate(dataclasses.replace(config, test_images=257), tmp_path / "too_many")
+        runner.train_and_evaluate(dataclasses.replace(config, test_images=257), tmp_path / "too_many")
     assert not (tmp_path / "too_many" / "checkpoints").exists()
     with pytest.raises(ConfigError, match="`train_images` must be positive, got 0"):
-        experiment.train_and_evaluate(dataclasses.replace(config, train_images=0), tmp_path / "none")
+        runner.train_and_evaluate(dataclasses.replace(config, train_images=0), tmp_path / "none")

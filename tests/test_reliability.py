@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from experiments import cli, harness
-from jaxae import checkpoint, experiment, losses, models, train
+from jaxae import checkpoint, losses, models, runner, train
 from tests.helpers import assert_states_equal, cli_flags, read_metrics, restore_latest, run_cli
 
 
@@ -44,7 +44,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, slice_config):
     epoch = int(resumed.stdout.split("from epoch ")[1].split()[0])
     assert 2 <= epoch < config.epochs
 
-    experiment.train_and_evaluate(config, tmp_path / "straight")
+    runner.train_and_evaluate(config, tmp_path / "straight")
     state_killed, meta_killed = restore_latest(workdir)
     state_straight, meta_straight = restore_latest(tmp_path / "straight")
     assert meta_killed["epoch"] == meta_straight["epoch"] == config.epochs
@@ -98,17 +98,17 @@ def test_a_corrupted_checkpoint_is_refused_with_its_epoch_named(corrupt, tmp_pat
 
 def test_resume_falls_back_past_a_corrupted_checkpoint_only_when_asked(tmp_path, slice_config):
     config = dataclasses.replace(slice_config, epochs=3)
-    experiment.train_and_evaluate(config, tmp_path)
+    runner.train_and_evaluate(config, tmp_path)
     original = read_metrics(tmp_path)
     _flip_a_bit(tmp_path / "checkpoints" / "3")
     longer = dataclasses.replace(config, epochs=4)
     with pytest.raises(checkpoint.CheckpointError, match="epoch 3 .* corrupted .* pass `fall_back` with `resume`"):
-        experiment.train_and_evaluate(longer, tmp_path, resume=True)
+        runner.train_and_evaluate(longer, tmp_path, resume=True)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2", "3"]  # nothing moved
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 3
 
     messages = []
-    experiment.train_and_evaluate(longer, tmp_path, resume=True, fall_back=True, log=messages.append)
+    runner.train_and_evaluate(longer, tmp_path, resume=True, fall_back=True, log=messages.append)
     assert any("epoch 3" in m and "moved it to" in m for m in messages)
     assert any(m.endswith("from epoch 2") for m in messages)
     assert (tmp_path / "unreadable_checkpoints" / "3" / "state").is_dir()  # set aside, not deleted
@@ -118,7 +118,7 @@ def test_resume_falls_back_past_a_corrupted_checkpoint_only_when_asked(tmp_path,
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, slice_config, monkeypatch):
-    experiment.train_and_evaluate(slice_config, tmp_path)
+    runner.train_and_evaluate(slice_config, tmp_path)
     good_state, good_meta = restore_latest(tmp_path)
 
     def nan_elbo(*args):
@@ -127,7 +127,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, s
 
     monkeypatch.setitem(losses.OBJECTIVES, "elbo", nan_elbo)
     with pytest.raises(train.TrainingDiverged, match="in epoch 3.*the checkpoint of epoch 2 is kept"):
-        experiment.train_and_evaluate(dataclasses.replace(slice_config, epochs=4), tmp_path, resume=True)
+        runner.train_and_evaluate(dataclasses.replace(slice_config, epochs=4), tmp_path, resume=True)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
     state, meta = restore_latest(tmp_path)
     assert_states_equal(state, good_state)
@@ -138,7 +138,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, s
 FULL_DISK = """
 import resource, signal, sys
 from experiments import cli
-from jaxae import experiment
+from jaxae import runner
 from jaxae.config import Config
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG
@@ -150,7 +150,7 @@ def fill_the_disk(record):  # after epoch 1 is saved, no file may grow past 1 kB
 
 config = Config.from_json({config})
 try:
-    experiment.train_and_evaluate(config, {workdir!r}, on_epoch=fill_the_disk)
+    runner.train_and_evaluate(config, {workdir!r}, on_epoch=fill_the_disk)
 except cli.FAULTS as error:
     sys.exit(cli.report(error))
 """
@@ -171,10 +171,10 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, slice_
     )
     assert [r["epoch"] for r in read_metrics(workdir)] == [1]
     messages = []
-    summary = experiment.train_and_evaluate(config, workdir, resume=True, log=messages.append)
+    summary = runner.train_and_evaluate(config, workdir, resume=True, log=messages.append)
     assert "resumed" in messages[-1] and messages[-1].endswith("from epoch 1")
     assert summary["epochs"] == 3
-    experiment.train_and_evaluate(config, tmp_path / "straight")
+    runner.train_and_evaluate(config, tmp_path / "straight")
     assert_states_equal(restore_latest(workdir)[0], restore_latest(tmp_path / "straight")[0])
 
 
@@ -248,7 +248,7 @@ def test_an_unwritable_workdir_is_refused_before_training(tmp_path, slice_config
 
 
 def test_files_are_written_with_the_usual_permissions(tmp_path, slice_config):
-    experiment.train_and_evaluate(slice_config, tmp_path)
+    runner.train_and_evaluate(slice_config, tmp_path)
     umask = os.umask(0)
     os.umask(umask)
     for name in ("config.json", "metrics.jsonl", "summary.json", "figures/loss.png"):
@@ -326,14 +326,14 @@ def test_a_second_signal_stops_at_once_and_says_the_epoch_in_progress_is_lost(ca
 def test_resume_after_a_kill_between_checkpoint_and_figures_redraws_them_and_clears_temporaries(tmp_path, slice_config):
     workdir = tmp_path / "run"
     config = dataclasses.replace(slice_config, epochs=2, plot_epochs=(2,))
-    experiment.train_and_evaluate(config, workdir)
+    runner.train_and_evaluate(config, workdir)
     figures = workdir / "figures"
     drawn = {path.name for path in figures.iterdir()}
     for name in ("reconstructions_epoch_02.png", "loss.png"):
         (figures / name).unlink()  # the state a kill -9 leaves after epoch 2's checkpoint
     (workdir / ".summary.json.k1ll3d.tmp").write_text('{"half": ')
     (figures / ".loss.png.k1ll3d.tmp").write_bytes(b"\x89PNG")
-    experiment.train_and_evaluate(config, workdir, resume=True)
+    runner.train_and_evaluate(config, workdir, resume=True)
     assert {path.name for path in figures.iterdir()} == drawn
     assert not list(workdir.glob(".*.tmp")) and not list(figures.glob(".*.tmp"))
 

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from experiments import benchmark
-from jaxae import experiment, losses, models, train
+from jaxae import losses, models, runner, train
 from jaxae.build import build_model
 from jaxae.config import DTYPES
 from tests.conftest import FAST_COMPILE_FLAG
@@ -125,11 +125,11 @@ def test_profile_names_the_matrix_products_among_the_longest_ops(tmp_path):
 
 def test_vmapped_seeds_equal_separate_runs(tmp_path, slice_config):
     config = dataclasses.replace(slice_config, seed=5)
-    summary = experiment.train_and_evaluate(dataclasses.replace(config, seeds=2), tmp_path / "together")
+    summary = runner.train_and_evaluate(dataclasses.replace(config, seeds=2), tmp_path / "together")
     assert summary["seeds"] == [5, 6] and len(summary["per_seed"]) == 2
     for seed in (5, 6):
         alone_dir = tmp_path / f"alone_{seed}"
-        experiment.train_and_evaluate(dataclasses.replace(config, seed=seed), alone_dir)
+        runner.train_and_evaluate(dataclasses.replace(config, seed=seed), alone_dir)
         together, _ = restore_latest(tmp_path / "together" / f"seed_{seed}")
         alone, _ = restore_latest(alone_dir)
         for a, b in zip(jax.tree.leaves(together.params), jax.tree.leaves(alone.params), strict=True):

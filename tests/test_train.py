@@ -75,3 +75,22 @@ def test_nan_loss_stops_with_the_epoch_named(mnist_small):
 
     with pytest.raises(train.TrainingDiverged, match="in epoch 1"):
         train.fit(state, model, broken, *mnist_small, key=jax.random.key(0), epochs=2, batch_size=64)
+
+
+def test_one_seed_or_several_start_as_each_would_alone_and_take_one_epoch_function(mnist_small):
+    from jaxae import seeds
+
+    model, images = small_model("vae"), jnp.asarray(mnist_small[0][:128])
+    objective = losses.OBJECTIVES["elbo"]
+    alone = train.create_state(model, optax.adam(1e-3), (28, 28, 1), key=jax.random.key(5))
+    ends = {}
+    for chosen in ([5], [5, 6]):
+        state, key, vectorize = seeds.start(model, optax.adam(1e-3), (28, 28, 1), chosen)
+        first = state.params if len(chosen) == 1 else seeds.unstack(state.params, 0)
+        assert all(map(np.array_equal, jax.tree.leaves(first), jax.tree.leaves(alone.params)))
+        epoch = train.make_train_epoch(model, objective, 64, vectorize=vectorize)
+        ends[len(chosen)], _ = epoch(state, images, train.epoch_key(key, 1, vectorize=vectorize))
+    for x, y in zip(jax.tree.leaves(ends[1].params), jax.tree.leaves(seeds.unstack(ends[2].params, 0)), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)  # seed 5 trains as it does alone
+    first, second = (seeds.unstack(ends[2].params, i)["params"]["to_mean"]["bias"] for i in (0, 1))
+    assert not np.allclose(first, second)

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxae import checkpoint, experiment, restore, workdir
+from jaxae import checkpoint, restore, runner, workdir
 from tests.helpers import cli_flags, idx_bytes, run_cli
 
 
@@ -28,7 +28,7 @@ def test_overwrite_refuses_a_run_whose_checkpoints_link_elsewhere_and_keeps_them
     config = dataclasses.replace(slice_config, epochs=1)
     assert run_cli(cli_flags(config, run))[0] == 2  # a fresh run there is refused too
     (run / "checkpoints").unlink()
-    experiment.train_and_evaluate(config, run)
+    runner.train_and_evaluate(config, run)
     (run / "checkpoints").rename(elsewhere / "c")
     (run / "checkpoints").symlink_to(elsewhere / "c")
     for flag in ("--overwrite", "--resume"):
@@ -53,7 +53,7 @@ def test_overwrite_deletes_only_a_run_jaxae_wrote(tmp_path, slice_config):
 
 def test_a_workdir_inside_another_runs_checkpoints_is_refused(tmp_path, slice_config):
     config = dataclasses.replace(slice_config, epochs=1)
-    experiment.train_and_evaluate(config, tmp_path / "run")
+    runner.train_and_evaluate(config, tmp_path / "run")
     code, stderr = run_cli(cli_flags(config, tmp_path / "run" / "checkpoints" / "nested"))
     assert code == 2 and "is inside the checkpoints of the run in" in stderr
     assert checkpoint_epochs(tmp_path / "run" / "checkpoints") == [1]
@@ -72,7 +72,7 @@ with workdir.locked(Path(sys.argv[1])):
 def test_one_process_owns_a_workdir_and_a_killed_owner_leaves_no_lock(tmp_path, slice_config):
     run = tmp_path / "run"
     config = dataclasses.replace(slice_config, epochs=1)
-    experiment.train_and_evaluate(config, run)
+    runner.train_and_evaluate(config, run)
     owner = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert owner.stdout.readline().strip() == "locked"
@@ -125,7 +125,7 @@ def test_a_malformed_config_json_on_resume_is_one_line_naming_the_file(kind, tmp
 
 def test_tampered_checkpoint_history_is_refused(tmp_path, slice_config):
     run = tmp_path / "run"
-    experiment.train_and_evaluate(dataclasses.replace(slice_config, epochs=1), run)
+    runner.train_and_evaluate(dataclasses.replace(slice_config, epochs=1), run)
     meta_file = run / "checkpoints" / "1" / "meta" / "metadata"
     meta = json.loads(meta_file.read_text())
     meta["history"][0]["test_loss"] -= 10  # a better-looking run
@@ -163,7 +163,7 @@ def test_empty_or_mismatched_splits_are_refused_before_anything_is_written(
 
 def test_overwrite_on_a_read_only_filesystem_is_one_line(tmp_path, slice_config, monkeypatch):
     run = tmp_path / "run"
-    experiment.train_and_evaluate(dataclasses.replace(slice_config, epochs=1), run)
+    runner.train_and_evaluate(dataclasses.replace(slice_config, epochs=1), run)
 
     def read_only(path, *args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
@@ -197,7 +197,7 @@ def test_resume_without_a_run_to_continue_is_refused_and_writes_nothing(
 def test_no_run_writes_through_a_link_to_its_lock_its_orbax_log_or_a_seeds_folder(tmp_path, slice_config):
     config = dataclasses.replace(slice_config, epochs=1, plot_epochs=())
     other = tmp_path / "a"
-    experiment.train_and_evaluate(config, other, quiet=True)
+    runner.train_and_evaluate(config, other, quiet=True)
     kept = (other / "config.json").read_text()
     for name, recipe in ((".lock", "config.json"), ("orbax.log", "config.json")):
         run = tmp_path / f"b{name}"
@@ -230,7 +230,7 @@ with workdir.owned(config, Path(sys.argv[1])):
 def test_a_seeds_run_and_a_run_in_one_of_its_seed_folders_exclude_each_other(tmp_path, slice_config, holder):
     config = dataclasses.replace(slice_config, epochs=1, plot_epochs=())
     top = tmp_path / "W"
-    experiment.train_and_evaluate(dataclasses.replace(config, seeds=2), top, quiet=True)
+    runner.train_and_evaluate(dataclasses.replace(config, seeds=2), top, quiet=True)
     held, seeds = (top, "2") if holder == "seeds run" else (top / "seed_0", "1")
     owner = subprocess.Popen([sys.executable, "-c", HOLD_OWNED, str(held), seeds], stdout=subprocess.PIPE, text=True)
     try:
@@ -262,8 +262,8 @@ def test_resume_refuses_another_runs_checkpoint_and_other_data(tmp_path, slice_c
 
     config = dataclasses.replace(slice_config, epochs=1, plot_epochs=())
     mine, theirs = tmp_path / "mine", tmp_path / "theirs"
-    experiment.train_and_evaluate(config, mine, quiet=True)
-    experiment.train_and_evaluate(dataclasses.replace(config, seed=1, epochs=2), theirs, quiet=True)
+    runner.train_and_evaluate(config, mine, quiet=True)
+    runner.train_and_evaluate(dataclasses.replace(config, seed=1, epochs=2), theirs, quiet=True)
     longer = dataclasses.replace(config, epochs=3)
     (mine / "checkpoints" / "2").symlink_to(theirs / "checkpoints" / "2")  # the recipe: a link
     code, stderr = run_cli([*cli_flags(longer, mine), "--resume"])
@@ -290,7 +290,7 @@ def test_resume_refuses_another_runs_checkpoint_and_other_data(tmp_path, slice_c
 def test_a_damaged_metrics_file_is_one_line_and_fall_back_sets_that_checkpoint_aside(tmp_path, slice_config):
     run = tmp_path / "run"
     config = dataclasses.replace(slice_config, epochs=2, plot_epochs=(), keep_checkpoints=2)
-    experiment.train_and_evaluate(config, run, quiet=True)
+    runner.train_and_evaluate(config, run, quiet=True)
     metrics = run / "checkpoints" / "2" / "metrics" / "metrics"
     metrics.write_text(metrics.read_text()[:5])  # truncated
     with pytest.raises(checkpoint.CheckpointError, match="the checkpoint of epoch 2 in .* is unreadable"):
