@@ -261,14 +261,17 @@ def nll_benchmark(images: np.ndarray, samples: int, chunk: int) -> dict:
     return {"images": len(images), "samples": samples, "chunk": chunk, "seconds": run(), "flops": decoder_flops}
 
 
-def torch_rows(conv_images: np.ndarray | None, iwae_images: np.ndarray, samples: list[int], epochs: int) -> list[dict]:
-    """``experiments.torch_reference``'s epochs (median of ``epochs``) of ``conv_ae`` on
-    ``conv_images`` (None: no such row) and of the IWAE at each of ``samples`` on ``iwae_images``."""
+def torch_rows(
+    model_images: dict[str, np.ndarray], iwae_images: np.ndarray, samples: list[int], epochs: int
+) -> list[dict]:
+    """``experiments.torch_reference``'s epochs (median of ``epochs``) of each model of
+    ``model_images`` (``vae``, ``conv_ae``) on its images, at its batch size, and of the
+    IWAE at each of ``samples`` on ``iwae_images``."""
     import torch
 
     # On the device jaxae runs on: a GPU when both see one, else the CPU.
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-    plan = [("conv_ae", "conv_ae", 1, conv_images)] if conv_images is not None else []
+    plan = [(name, name, 1, images) for name, images in model_images.items()]
     plan += [("iwae", f"iwae k={k}", k, iwae_images) for k in samples]
     rows = []
     for model_name, name, k, images in plan:
@@ -286,6 +289,11 @@ def torch_rows(conv_images: np.ndarray | None, iwae_images: np.ndarray, samples:
         )
         print(f"  PyTorch {name}: {rows[-1]['epoch_seconds']:.3f} s per epoch", flush=True)
     return rows
+
+
+def torch_images(models: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
+    """The models of ``models`` that ``experiments.torch_reference`` has too, each with ``images``."""
+    return {name: images for name in models if name in torch_reference.BATCH_SIZES}
 
 
 def print_top_ops(rows: list[dict]) -> None:
@@ -318,9 +326,9 @@ def print_rows(rows: list[dict]) -> None:
 
 def print_against_torch(rows: list[dict], torch_rows_: list[dict]) -> None:
     """Each PyTorch row beside jaxae's row of the same model on the same images."""
-    jaxae_rows = {(row["model"], row["images"]): row for row in rows if row["seeds"] == 1}
+    jaxae_rows = {(row["model"], row["batch_size"], row["images"]): row for row in rows if row["seeds"] == 1}
     for theirs in torch_rows_:
-        ours = jaxae_rows.get((theirs["model"], theirs["images"]))
+        ours = jaxae_rows.get((theirs["model"], theirs["batch_size"], theirs["images"]))
         if ours is not None:
             theirs["jaxae_ratio"] = ours["epoch_seconds"] / theirs["epoch_seconds"]
             device = theirs.get("device", "cpu")
@@ -356,7 +364,7 @@ def print_xla_cpu(results: dict[str, dict], torch_rows_: list[dict]) -> None:
     names = list(results)
     epochs = {name: {row_key(row): row["epoch_seconds"] for row in results[name]["rows"]} for name in names}
     keys = list(dict.fromkeys(key for name in names for key in epochs[name]))
-    theirs = {(row["model"], row["images"]): row for row in torch_rows_}
+    theirs = {(row["model"], row["batch_size"], row["images"]): row for row in torch_rows_}
     print(f"{'model':10} {'batch':>5} {'seeds':>5}" + "".join(f" {name:>20}" for name in names) + f" {'PyTorch':>8}")
     for key in keys:
         base = epochs[names[0]].get(key)
@@ -367,7 +375,7 @@ def print_xla_cpu(results: dict[str, dict], torch_rows_: list[dict]) -> None:
             if seconds is not None and base is not None:
                 shown += f" ({seconds / base:.2f}x)"
             cells.append(f" {shown:>20}")
-        reference = theirs.get((key[0], key[3])) if key[2] == 1 else None
+        reference = theirs.get((key[0], key[1], key[3])) if key[2] == 1 else None
         torch_cell = f" {reference['epoch_seconds']:8.3f}" if reference else f" {'':>8}"
         print(f"{key[0]:10} {key[1]:5d} {key[2]:5d}" + "".join(cells) + torch_cell)
         if reference:
@@ -417,8 +425,8 @@ def compare_xla_cpu(args: argparse.Namespace, argv: list[str]) -> int:
     if with_torch:
         images = data.load("mnist", "train").images
         iwae_images = images[: min(args.iwae_images, 400 if args.quick else len(images))]
-        conv_images = (images[:2048] if args.quick else images) if "conv_ae" in args.models else None
-        reference = torch_rows(conv_images, iwae_images, args.iwae_samples, args.epochs)
+        images = images[:2048] if args.quick else images
+        reference = torch_rows(torch_images(args.models, images), iwae_images, args.iwae_samples, args.epochs)
     print_xla_cpu(results, reference)
     combined = {"xla_cpu": {name: XLA_CPU[name] for name in results}, "results": results, "torch_rows": reference}
     output = Path(args.output)
@@ -493,8 +501,8 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     with_torch = args.torch == "auto" and importlib.util.find_spec("torch") is not None
-    conv_images = images if "conv_ae" in args.models else None
-    reference = torch_rows(conv_images, iwae_images, args.iwae_samples, args.epochs) if with_torch else []
+    model_images = torch_images(args.models, images)
+    reference = torch_rows(model_images, iwae_images, args.iwae_samples, args.epochs) if with_torch else []
     samples = 500 if args.quick else 5000
     test_images = data.load("mnist", "test").images[: args.nll_images]
     nll_rows = [nll_benchmark(test_images, samples, chunk) for chunk in args.nll_chunks] if args.nll_images else []

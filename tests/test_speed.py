@@ -88,19 +88,24 @@ def test_benchmark_command_writes_its_table(tmp_path, capsys):
 
 def test_pytorch_rows_are_set_against_jaxae_rows_of_the_same_model_and_images(capsys):
     ours = [
-        {"model": "conv_ae", "images": 2048, "seeds": 1, "epoch_seconds": 1.0},
-        {"model": "iwae k=5", "images": 400, "seeds": 1, "epoch_seconds": 0.5},
+        {"model": "conv_ae", "batch_size": 128, "images": 2048, "seeds": 1, "epoch_seconds": 1.0},
+        {"model": "vae", "batch_size": 128, "images": 2048, "seeds": 1, "epoch_seconds": 0.3},
+        {"model": "vae", "batch_size": 512, "images": 2048, "seeds": 1, "epoch_seconds": 0.1},
+        {"model": "iwae k=5", "batch_size": 20, "images": 400, "seeds": 1, "epoch_seconds": 0.5},
     ]
     theirs = [
         {"model": "conv_ae", "batch_size": 128, "images": 2048, "epoch_seconds": 4.0, "torch": "2", "threads": 2},
+        {"model": "vae", "batch_size": 128, "images": 2048, "epoch_seconds": 1.2, "torch": "2", "threads": 2},
         {"model": "iwae k=5", "batch_size": 20, "images": 60000, "epoch_seconds": 9.0, "torch": "2", "threads": 2},
         {"model": "iwae k=5", "batch_size": 20, "images": 400, "epoch_seconds": 2.0, "torch": "2", "threads": 2}
         | {"device": "NVIDIA H200"},
     ]
     benchmark.print_against_torch(ours, theirs)
-    assert theirs[0]["jaxae_ratio"] == 0.25 and "jaxae_ratio" not in theirs[1]  # other images: no pair
+    assert theirs[0]["jaxae_ratio"] == 0.25 and "jaxae_ratio" not in theirs[2]  # other images: no pair
+    assert theirs[1]["jaxae_ratio"] == pytest.approx(0.25)  # the VAE of its own batch size, not batch 512's
     assert capsys.readouterr().out.splitlines() == [
         "conv_ae, batch 128, 2048 images: jaxae 1.00 s, PyTorch 2 (2 threads) 4.00 s per epoch: 0.25x",
+        "vae, batch 128, 2048 images: jaxae 0.30 s, PyTorch 2 (2 threads) 1.20 s per epoch: 0.25x",
         "iwae k=5, batch 20, 400 images: jaxae 0.50 s, PyTorch 2 (NVIDIA H200) 2.00 s per epoch: 0.25x",
     ]
 
