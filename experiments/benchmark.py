@@ -18,7 +18,7 @@ against it. The last rows train 8 VAEs at once (``jax.vmap``) against 8 separate
 The IWAE rows time an epoch of ``experiments.iwae`` (Burda et al.'s 1-layer model, batch
 20, k = 1, 5, 50) on ``--iwae-images`` training images: at batch 20 a step is short, so
 they show per-step overhead where the others show arithmetic. With PyTorch installed, the
-same run times ``experiments.torch_reference``'s ``conv_ae`` and IWAE on the same images (on
+same run times ``experiments.torch_reference``'s VAE (batch 128), ``conv_ae`` and IWAE on the same images (on
 the GPU when jaxae runs on one and PyTorch sees it) and sets jaxae's epochs against them;
 the k = 5000 NLL row sets the evaluation against its floor, the decoder's FLOPs at the
 matmul rate.

@@ -41,7 +41,7 @@ class Use:
     """A use of autoencoders, measured on the model once it is trained.
 
     ``analyse(run, workdir)`` writes its figures into ``workdir/figures`` and returns its
-    figures as a dict, which goes into ``summary.json`` under ``name``; ``check(config)``
+    measurements as a dict, which goes into ``summary.json`` under ``name``; ``check(config)``
     refuses configs the analysis cannot use, before anything is trained.
     """
 
@@ -131,7 +131,7 @@ def _train(config: Config, workdir: str | Path, flags: dict, *, speaks: bool) ->
 
 
 def _measure_use(use: Use, workdir: Path, summary: dict) -> dict:
-    """Runs the analysis on the trained model and adds its figures to ``summary.json``."""
+    """Runs the analysis on the trained model and adds its measurements to ``summary.json``."""
     summary = {**summary, use.name: use.analyse(restore_run(workdir), workdir)}
     atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))
     return summary
@@ -145,7 +145,7 @@ class Study:
     study's own flags, added by ``flags(parser)``); ``plan(variants, workdir, args)``, when
     given, says what will run before anything is trained; ``analyse(variants, workdir,
     args)`` measures the trained runs (:func:`jaxae.restore.restore_run` reads one back),
-    writes ``workdir/figures`` and returns the figures for ``summary.json``.
+    writes ``workdir/figures`` and returns the measurements for ``summary.json``.
     """
 
     name: str
@@ -154,7 +154,7 @@ class Study:
     flags: Callable[[argparse.ArgumentParser], None] = lambda parser: None
     fixed: tuple[str, ...] = ("model", "seeds")  # Config fields the study sets itself
     plan: Callable[[dict[str, Config], Path, argparse.Namespace], None] | None = None
-    report: Callable[[dict], str] | None = None  # the last thing printed; default: the figures on one line
+    report: Callable[[dict], str] | None = None  # the last thing printed; default: the measurements on one line
     # with --resume, whether a variant's run (config, its folder) finished and kept what
     # ``analyse`` needs without checkpoints, so that there is nothing to train
     finished: Callable[[Config, Path], bool] = lambda config, folder: False

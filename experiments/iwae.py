@@ -156,7 +156,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         "--measure-only",
         action="store_true",
         help="train nothing: measure each row's kept parameters (checkpoints or params.npz) again and set the "
-        "figures beside those in its table.json",
+        "measurements beside those in its table.json",
     )
 
 
@@ -241,18 +241,20 @@ def trained_epochs(folder: Path) -> int:
     return len(history.read_text().splitlines()) if history.exists() else 0
 
 
-def kept_figures(folder: Path) -> bool:
+def kept_measurements(folder: Path) -> bool:
     """Whether a finished run that keeps no checkpoint kept what the table needs of it:
-    its parameters, or figures measured of them (``table.json``) at its last epoch."""
+    its parameters, or measurements of them (``table.json``) at its last epoch."""
     if (folder / "checkpoints").exists() or not (folder / "metrics.jsonl").exists():
         return False
     return (folder / PARAMS_FILE).exists() or read_cache(folder / "table.json").get("epochs") == trained_epochs(folder)
 
 
 def finished(variant: Config, folder: Path) -> bool:
-    """Every seed of the row trained all its epochs and kept its parameters or figures in
+    """Every seed of the row trained all its epochs and kept its parameters or measurements in
     place of checkpoints: --resume has nothing to train (and no optimizer state to train on)."""
-    return all(trained_epochs(seed) == variant.epochs and kept_figures(seed) for seed in seed_folders(variant, folder))
+    return all(
+        trained_epochs(seed) == variant.epochs and kept_measurements(seed) for seed in seed_folders(variant, folder)
+    )
 
 
 def measure_run(run: RestoredRun, samples: int) -> dict:
@@ -272,12 +274,12 @@ def measure_run(run: RestoredRun, samples: int) -> dict:
     }
 
 
-def _figures_digest(figures: dict) -> str:
-    return meta_digest({k: v for k, v in figures.items() if k != "digest"})
+def _measurements_digest(measurements: dict) -> str:
+    return meta_digest({k: v for k, v in measurements.items() if k != "digest"})
 
 
 def read_cache(cache: Path) -> dict:
-    """The figures in a ``table.json``, or {} when there are none to trust (missing, not a
+    """The measurements in a ``table.json``, or {} when there are none to trust (missing, not a
     JSON object, or edited since they were measured: their digest no longer matches).
 
     Raises:
@@ -291,32 +293,33 @@ def read_cache(cache: Path) -> dict:
         kept = json.loads(cache.read_text())
     except (OSError, ValueError, RecursionError):
         return {}
-    return kept if isinstance(kept, dict) and kept.get("digest") == _figures_digest(kept) else {}
+    return kept if isinstance(kept, dict) and kept.get("digest") == _measurements_digest(kept) else {}
 
 
 def measure(folder: Path, samples: int) -> dict:
-    """One seed's figures (:func:`measure_run`) with its training seconds, kept in
+    """One seed's measurements (:func:`measure_run`) with its training seconds, kept in
     ``table.json`` beside it (with its parameters in ``params.npz``) and measured again
-    unless that file holds figures of these very parameters (their digest) at ``samples``."""
+    unless that file holds measurements of these very parameters (their digest) at ``samples``."""
     cache = folder / "table.json"
     with locked(folder):  # a run being measured is not overwritten meanwhile
         kept = read_cache(cache)
-        if kept_figures(folder) and not (folder / PARAMS_FILE).exists() and kept.get("iw_samples") == samples:
-            return kept  # figures whose parameters were not kept: they cannot be measured again
+        if kept_measurements(folder) and not (folder / PARAMS_FILE).exists() and kept.get("iw_samples") == samples:
+            return kept  # measurements whose parameters were not kept: they cannot be measured again
         run = restore_run(folder)
         params = state_digest(run.params)
         if kept.get("params_digest") == params and kept.get("iw_samples") == samples:
             return kept
         if cache.exists():
             print(
-                f"iwae: {cache} does not hold figures of these parameters at k = {samples}: measuring again", flush=True
+                f"iwae: {cache} does not hold measurements of these parameters at k = {samples}: measuring again",
+                flush=True,
             )
-        figures = measure_run(run, samples) | {"params_digest": params}
-        figures["train_seconds"] = json.loads((folder / "summary.json").read_text())["train_seconds"]
-        figures["digest"] = _figures_digest(figures)
+        measurements = measure_run(run, samples) | {"params_digest": params}
+        measurements["train_seconds"] = json.loads((folder / "summary.json").read_text())["train_seconds"]
+        measurements["digest"] = _measurements_digest(measurements)
         save_params(run)
-        atomic_write_text(cache, json.dumps(figures, indent=2))
-    return figures
+        atomic_write_text(cache, json.dumps(measurements, indent=2))
+    return measurements
 
 
 def analyse(variants: dict[str, Config], workdir: Path, args: argparse.Namespace) -> dict:
@@ -327,7 +330,7 @@ def analyse(variants: dict[str, Config], workdir: Path, args: argparse.Namespace
         print(f"iwae: measuring {name} (k = {args.iw_samples})", flush=True)
         measured[name] = [measure(folder, args.iw_samples) for folder in seed_folders(variant, workdir / name)]
     table = [table_row(row, measured[row.run_name]) for row in rows]
-    epochs = sorted({figures["epochs"] for per_seed in measured.values() for figures in per_seed})
+    epochs = sorted({measurements["epochs"] for per_seed in measured.values() for measurements in per_seed})
     stages = [count for count in range(1, PAPER_STAGES + 1) if [stage_epochs(count)] == epochs]
     # the heading says what the rows ran, whatever --stages asked for
     results = {"stages": stages[0] if stages else None, "epochs": epochs[0] if len(epochs) == 1 else epochs}
@@ -339,7 +342,7 @@ def analyse(variants: dict[str, Config], workdir: Path, args: argparse.Namespace
 
 def remeasure(config: Config, args: argparse.Namespace) -> int:
     """--measure-only: each row's seeds measured again from their kept parameters, printed
-    beside the figures their ``table.json`` holds; returns the exit code."""
+    beside the measurements their ``table.json`` holds; returns the exit code."""
     workdir = Path(args.workdir)
     for name, variant in variants(config, args).items():
         for folder in seed_folders(variant, workdir / name):
@@ -362,25 +365,25 @@ def remeasure(config: Config, args: argparse.Namespace) -> int:
 
 
 def table_row(row: Row, per_seed: list[dict]) -> dict:
-    """A row of the table from its seeds' figures: the mean NLL over seeds, the test images'
+    """A row of the table from its seeds' measurements: the mean NLL over seeds, the test images'
     standard error, and with several seeds the spread (sample sd) of NLL and active units."""
     paper = PAPER.get(row.paper_name)
-    nll = float(np.mean([figures["test_nll"] for figures in per_seed]))
-    units = np.array([figures["active_units"] for figures in per_seed], float)  # (seeds, layers)
+    nll = float(np.mean([measurements["test_nll"] for measurements in per_seed]))
+    units = np.array([measurements["active_units"] for measurements in per_seed], float)  # (seeds, layers)
     several = len(per_seed) > 1
     return {
         "row": row.name,
         "paper_nll": paper,
         "nll": round(nll, 2),
-        "nll_stderr": round(max(figures["test_nll_stderr"] for figures in per_seed), 2),
+        "nll_stderr": round(max(measurements["test_nll_stderr"] for measurements in per_seed), 2),
         "seeds": len(per_seed),
         "nll_seed_sd": round(float(np.std([f["test_nll"] for f in per_seed], ddof=1)), 2) if several else None,
         "difference": None if paper is None else round(nll - paper, 2),
         "active_units": [round(float(u), 1) if several else int(u) for u in units.mean(axis=0)],
         "active_units_seed_sd": [round(float(sd), 1) for sd in units.std(axis=0, ddof=1)] if several else None,
         "budget": count(per_seed[0]["epochs"], "epoch"),
-        "train_seconds": round(float(np.mean([figures["train_seconds"] for figures in per_seed]))),
-        "nll_seconds": round(float(np.mean([figures["nll_seconds"] for figures in per_seed]))),
+        "train_seconds": round(float(np.mean([measurements["train_seconds"] for measurements in per_seed]))),
+        "nll_seconds": round(float(np.mean([measurements["nll_seconds"] for measurements in per_seed]))),
     }
 
 

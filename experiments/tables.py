@@ -5,7 +5,7 @@ python -m experiments.tables           # rewrite both tables
 python -m experiments.tables --check   # exit 1 when a page does not match the committed runs
 
 Each row of the results table names the command that made it. The config column is what that command's flags
-give (the same parser the command uses), the figures come from the run's summary.json,
+give (the same parser the command uses), the numbers come from the run's summary.json,
 and the budget from its config and its measured seconds.
 """
 
@@ -61,10 +61,10 @@ def _seeds(summary: dict) -> str:
 
 def _compared(model: str) -> Callable[[dict], str]:
     def result(summary: dict) -> str:
-        figures = summary["compare"]
+        measured = summary["compare"]
         return (
-            f"test MSE per pixel {figures[f'{model}_final_test_mse_mean']:.5f} ± "
-            f"{figures[f'{model}_final_test_mse_sd']:.5f} (mean ± sd, {figures['seeds']} seeds)"
+            f"test MSE per pixel {measured[f'{model}_final_test_mse_mean']:.5f} ± "
+            f"{measured[f'{model}_final_test_mse_sd']:.5f} (mean ± sd, {measured['seeds']} seeds)"
         )
 
     return result
@@ -76,11 +76,11 @@ def _verdict(summary: dict) -> str:
 
 def _nll(variant: str) -> Callable[[dict], str]:
     def result(summary: dict) -> str:
-        figures = summary["nll"]
-        nll, stderr = figures[f"{variant}_test_iw_nll"], figures[f"{variant}_test_iw_nll_stderr"]
+        measured = summary["nll"]
+        nll, stderr = measured[f"{variant}_test_iw_nll"], measured[f"{variant}_test_iw_nll_stderr"]
         return (
-            f"test IW-NLL **{nll:.2f} ± {stderr:.2f}** nats (k = {figures['iw_samples']}, ± standard error), "
-            f"-ELBO {figures[f'{variant}_test_negative_elbo']:.2f}"
+            f"test IW-NLL **{nll:.2f} ± {stderr:.2f}** nats (k = {measured['iw_samples']}, ± standard error), "
+            f"-ELBO {measured[f'{variant}_test_negative_elbo']:.2f}"
         )
 
     return result

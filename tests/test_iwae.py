@@ -428,7 +428,7 @@ def test_the_table_shows_only_what_was_measured_on_the_run_as_it_is(mnist_slice_
     cache.write_text(json.dumps(edited))
     assert iwae.main([*flags, "--stages", "1", "--resume"]) == 0  # rows of 4 epochs, asked for 1 stage
     out = capsys.readouterr().out
-    assert "does not hold figures of these parameters at k = 20: measuring again" in out
+    assert "does not hold measurements of these parameters at k = 20: measuring again" in out
     assert "80.00" not in out and f"| iwae-1l-k1 | 86.76 | {measured:.2f} |" in out
     assert "2 of 8 stages (4 epochs of 3280)" in out  # what the rows ran, not what --stages said
 
