@@ -27,8 +27,16 @@ def objective(name, samples, estimator):
     )
 
 
-def test_one_sample_bound_is_the_one_sample_elbo_and_the_iw_nll(tiny_vae):
-    model, params, x = tiny_vae
+def conv_vae():
+    """A convolutional VAE: its latents come from the protocol's one-layer defaults, as the VAE's."""
+    model = models.ConvVAE(image_shape=(4, 4, 1), widths=(2,), latent_dim=2)
+    x = (jax.random.uniform(jax.random.key(0), (6, 4, 4, 1)) < 0.4).astype(jnp.float32)
+    return model, model.init(jax.random.key(1), x), x
+
+
+@pytest.mark.parametrize("which", ["vae", "conv_vae"])
+def test_one_sample_bound_is_the_one_sample_elbo_and_the_iw_nll(tiny_vae, which):
+    model, params, x = tiny_vae if which == "vae" else conv_vae()
     key = jax.random.key(3)
     loss, metrics = objective("iwae", 1, "plain")(model, params, x, x, key)
     mean, logvar = model.apply(params, x, method=model.encode)
@@ -200,6 +208,9 @@ def test_the_output_bias_starts_at_the_logit_of_the_mean_training_pixel(mnist_sm
     assert sum(not leaf for leaf in jax.tree.leaves(same)) == 1  # nothing else moved
     with pytest.raises(ValueError, match="the decoder's output bias has shape"):
         models.with_output_bias(model, state.params, expected[:10])
+    shallow = models.VAE(widths=(8,), latent_dim=2)  # a decoder of two layers: the last is its second
+    biased = models.with_output_bias(shallow, train.init_params(shallow, (28, 28, 1), jax.random.key(0)), expected)
+    np.testing.assert_array_equal(biased["params"]["decoder"]["Dense_1"]["bias"], expected)
     with pytest.raises(config.ConfigError, match="`init_output_bias` needs an MLP decoder"):
         validation.validate(config.Config(model="conv_ae", init_output_bias=True))
 
