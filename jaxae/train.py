@@ -224,6 +224,11 @@ def make_evaluate(
     return _jit_over_mesh(vectorize(evaluate, (0, None, 0)), mesh)
 
 
+# The training objective's name among those fit scores the test set with: its metrics are
+# recorded as test_<metric>, the others' as test_<name>_<metric>. (A space: no registered name.)
+TRAINING_OBJECTIVE = "training objective"
+
+
 def epoch_key(key: jax.Array, epoch: int, *, vectorize: Vectorize = one_model) -> jax.Array:
     """The key of ``epoch``: ``fold_in(key, epoch)``."""
     return vectorize(jax.random.fold_in, (0, None))(key, epoch)
@@ -278,7 +283,7 @@ def fit(
     train_key, eval_key = keys[..., 0], keys[..., 1]
     mesh = parallel.data_mesh() if mesh is None else mesh
     train_epoch = make_train_epoch(model, objective, batch_size, mesh=mesh, vectorize=vectorize)
-    objectives = {"": objective, **(evaluate_with or {})}
+    objectives = {TRAINING_OBJECTIVE: objective, **(evaluate_with or {})}
     evaluate = make_evaluate(model, objectives, eval_batch_size, mesh=mesh, vectorize=vectorize)
     state, train_images, test_images, train_key, eval_key = parallel.replicate(
         (state, train_images, test_images, train_key, eval_key), mesh
@@ -292,7 +297,7 @@ def fit(
         record: dict[str, Any] = {"epoch": epoch}
         record |= {f"train_{name}": np.asarray(value).tolist() for name, value in train_means.items()}
         for objective_name, means in test_means.items():
-            prefix = f"test_{objective_name}_" if objective_name else "test_"
+            prefix = "test_" if objective_name == TRAINING_OBJECTIVE else f"test_{objective_name}_"
             record |= {f"{prefix}{name}": np.asarray(value).tolist() for name, value in means.items()}
         record["epoch_seconds"] = time.perf_counter() - start
         if not np.all(np.isfinite([record["train_loss"], record["test_loss"]])):

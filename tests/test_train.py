@@ -16,7 +16,7 @@ def fit_small(name, images, epochs=3, seed=0):
     model = small_model(name)
     objective = losses.OBJECTIVES[losses.default_objective(model)]
     state = train.create_state(model, optax.adam(3e-3), (28, 28, 1), key=jax.random.key(seed))
-    before = train.make_evaluate(model, {"": objective})(state.params, images[1], jax.random.key(0))[""]
+    before = train.make_evaluate(model, {"loss": objective})(state.params, images[1], jax.random.key(0))["loss"]
     state, history = train.fit(
         state, model, objective, images[0], images[1], key=jax.random.key(seed + 1), epochs=epochs, batch_size=64
     )
