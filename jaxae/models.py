@@ -208,8 +208,9 @@ class HierarchicalVAE(GaussianLatent, nn.Module):
     log-variance, or with ``scale_output="log_sigma"`` a log standard deviation (the
     code's). ``encode`` and ``decode`` are the bottom layer's, so codes, reconstructions
     and samples of ``z_1`` work as for :class:`VAE`; the upper layers are
-    :meth:`upper_posterior` and :meth:`upper_prior`, which the k-sample objectives use
-    (the closed-form ELBO holds for one layer only).
+    :meth:`upper_posterior` and :meth:`upper_prior`, and the whole chain is drawn and
+    scored through the latent-variable protocol (:class:`jaxae.latent.GaussianLatent`),
+    which the k-sample objectives use (the closed-form ELBO holds for one layer only).
     """
 
     variational: ClassVar[bool] = True
