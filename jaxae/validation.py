@@ -153,9 +153,10 @@ def named_options(config: Config) -> dict[str, dict]:
             )
         name, option, text = match.groups()
         if name not in owners:
+            objectives = ", ".join(n for n, (_, prefix) in owners.items() if prefix == "objective")
             raise ConfigError(
-                f"`options` entry {entry!r} names {name}, which is not the run's optimizer, schedule or objective "
-                f"({', '.join(owners)})",
+                f"`options` entry {entry!r} names {name}, which is not the run's optimizer ({config.optimizer}), "
+                f"schedule ({config.schedule}) or objective ({objectives}): {_choose(name)}",
                 field="options",
             )
         function, prefix = owners[name]
@@ -169,6 +170,17 @@ def named_options(config: Config) -> dict[str, dict]:
             raise ConfigError(f"`options` sets {name}.{option} twice: keep one", field="options")
         found[name][option] = _option_value(entry, text, parameters[option].default)
     return found
+
+
+def _choose(name: str) -> str:
+    """How a run would come to read the options of the function called ``name``."""
+    if optim.find_optimizer(name) is not None:
+        return f"choose `optimizer` {name}, or leave the entry out"
+    if name in optim.SCHEDULES:
+        return f"choose `schedule` {name}, or leave the entry out"
+    if name in losses.OBJECTIVES:
+        return f"choose `objective` {name} or add it to `eval_objectives`, or leave the entry out"
+    return "leave the entry out"
 
 
 def _option_value(entry: str, text: str, default):

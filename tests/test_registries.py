@@ -137,8 +137,10 @@ def test_a_registered_objectives_own_option_arrives_by_its_name():
         ({"options": ("adam.eps",)}, "`options` entry 'adam.eps' is not NAME.OPTION=VALUE"),
         (
             {"options": ("adamw.weight_decay=0.1",)},
-            "names adamw, which is not the run's optimizer, schedule or objective",
+            "names adamw, which is not the run's optimizer (adam), schedule (constant) or objective (elbo): "
+            "choose `optimizer` adamw",
         ),
+        ({"options": ("nothing.at_all=1",)}, "names nothing, which is not the run's optimizer (adam)"),
         ({"options": ("adam.eps=1e-4",)}, "adam.eps has a field of its own: set `adam_eps`"),
         ({"options": ("adam.nesterov=true",)}, "adam takes no option 'nesterov' (its options: b1, b2, eps)"),
         ({"optimizer": "adam_iwae", "options": ("adam_iwae.batch_size=3",)}, "adam_iwae takes no option 'batch_size'"),
