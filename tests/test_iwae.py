@@ -490,21 +490,25 @@ def test_committed_parameters_restore_and_are_the_ones_their_table_measured():
         assert run.epoch == kept["epochs"] and state_digest(run.params) == kept["params_digest"], path
 
 
-def test_the_committed_long_run_continues_from_its_checkpoint_with_its_optimizer_state():
+def test_the_committed_full_schedule_run_finished_and_resume_trains_nothing_more():
     import json
 
-    from jaxae import checkpoint
+    from experiments import iwae
+    from jaxae.restore import restore_run
 
     folder = RESULTS / "iwae_full" / "iwae-1l-k1"
     history = (folder / "metrics.jsonl").read_text().splitlines()
     run = config.Config.from_json(json.loads((folder / "config.json").read_text()))
-    assert (run.optimizer, run.scale_output, run.epochs) == ("adam_iwae", "log_sigma", 3280)
-    model = build.build_model(run, (28, 28, 1))
-    template = train.create_state(model, build.build_optimizer(run, 3000), (28, 28, 1), key=jax.random.key(0))
-    with checkpoint.Checkpoints(folder / "checkpoints") as saved:
-        state, meta = saved.restore(template, saved.latest_epoch())
-    assert meta["epoch"] == len(history) == json.loads(history[-1])["epoch"]
-    assert int(state.step) == 3000 * len(history) and int(state.opt_state[0].count) == 3000 * len(history)
+    assert (run.optimizer, run.scale_output, run.schedule, run.stages_count, run.epochs) == (
+        "adam_iwae",
+        "log_sigma",
+        "stages",
+        8,
+        3280,
+    )
+    assert len(history) == json.loads(history[-1])["epoch"] == 3280
+    assert iwae.finished(run, folder)  # its parameters and measurements stand in for checkpoints
+    assert restore_run(folder).epoch == 3280
 
 
 def test_committed_two_layer_parameters_score_their_chain_as_the_paper_writes_the_model(mnist_test):
