@@ -16,7 +16,7 @@ import optax
 
 from jaxae import corruptions, data, losses, models, optim, train
 from jaxae.config import DTYPES, TEST_BINARIZATION_KEY, Config, ConfigError
-from jaxae.validation import function_options, named_options, objective_name
+from jaxae.validation import function_options, named_options, objective_name, option_owners
 
 
 def build_model(config: Config, image_shape: tuple[int, int, int]):
@@ -52,7 +52,7 @@ def build_objective(config: Config, name: str | None = None) -> losses.Objective
     ``config.inputs`` asks for them, on binarized images when ``config.binarize`` does."""
     name = name or objective_name(config)
     objective = losses.OBJECTIVES[name]
-    options = _options(config, "objective", objective, name)  # samples, estimator: for the k-sample objectives
+    options = _options(config, name)  # samples, estimator: for the k-sample objectives
     objective = functools.partial(objective, **options) if options else objective
     corrupt = corrupt_function(config)
     objective = objective if corrupt is None else losses.with_inputs(objective, corrupt)
@@ -64,9 +64,11 @@ def build_eval_objectives(config: Config) -> dict[str, losses.Objective]:
     return {name: build_objective(config, name) for name in config.eval_objectives}
 
 
-def _options(config: Config, prefix: str, function, name: str) -> dict:
-    """The options ``config`` gives ``function`` (registered as ``name``): its
+def _options(config: Config, name: str) -> dict:
+    """The options ``config`` gives the run's function called ``name`` (its optimizer,
+    schedule or an objective, :func:`jaxae.validation.option_owners`): its
     ``<prefix>_<option>`` fields and its entries of ``config.options``."""
+    function, prefix = option_owners(config)[name]
     names = [option for option in function_options(function) if hasattr(config, f"{prefix}_{option}")]
     return {option: getattr(config, f"{prefix}_{option}") for option in names} | named_options(config).get(name, {})
 
@@ -77,7 +79,7 @@ def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTrans
     learning_rate = schedule(
         config.learning_rate,
         steps_per_epoch=steps_per_epoch,
-        **_options(config, config.schedule, schedule, config.schedule),
+        **_options(config, config.schedule),
     )
     for step in (0, steps_per_epoch * config.epochs):  # a negative rate would train uphill
         rate = float(learning_rate(step) if callable(learning_rate) else learning_rate)
@@ -90,7 +92,7 @@ def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTrans
     optimizer = optim.find_optimizer(config.optimizer)
     if optimizer is None:
         raise ConfigError(f"unknown `optimizer` {config.optimizer!r}", field="optimizer")
-    options = _options(config, config.optimizer, optimizer, config.optimizer)
+    options = _options(config, config.optimizer)
     if "batch_size" in function_options(optimizer):  # the loss is the batch's mean
         options["batch_size"] = config.batch_size
     return optimizer(learning_rate, **options)
