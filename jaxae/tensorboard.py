@@ -8,6 +8,7 @@ Written with tensorboardX, which needs neither TensorFlow nor PyTorch (an option
 from __future__ import annotations
 
 import numbers
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,14 @@ class EventWriter:
                 '`tensorboard` needs tensorboardX: pip install "jaxae[tensorboard]" (or tensorboardX)',
                 field="tensorboard",
             ) from None
-        self.writer = SummaryWriter(str(workdir / FOLDER), purge_step=first_epoch if first_epoch > 1 else None)
+        # tensorboardX names a file by the second it opens it and truncates a file of that
+        # name: a suffix in nanoseconds keeps a resumed call from erasing the earlier call's
+        # events, and sorts the files in the order TensorBoard must read them.
+        self.writer = SummaryWriter(
+            str(workdir / FOLDER),
+            purge_step=first_epoch if first_epoch > 1 else None,
+            filename_suffix=f".{time.time_ns():020d}",
+        )
 
     def epoch(self, record: dict) -> None:
         """Every number of an epoch's record (``metrics.jsonl``'s) as a scalar at step ``epoch``."""

@@ -479,6 +479,22 @@ def test_tensorboard_events_hold_each_epochs_metrics_and_its_reconstruction_grid
     assert sorted(images) == [1, 2, 3] and all(png.startswith(b"\x89PNG") for png in images.values())
 
 
+def test_a_call_that_opens_its_event_file_in_the_same_second_as_the_last_keeps_the_last_ones_events(
+    tmp_path, monkeypatch
+):
+    from tensorboardX import event_file_writer
+
+    from jaxae.tensorboard import EventWriter
+
+    monkeypatch.setattr(event_file_writer.time, "time", lambda: 1_700_000_000.0)  # one second for both
+    for epoch in (1, 2):
+        events = EventWriter(tmp_path, first_epoch=epoch)
+        events.epoch({"epoch": epoch, "train_loss": float(epoch)})
+        events.close()
+    scalars = {(v.tag, e.step): v.simple_value for e in read_events(tmp_path / "tensorboard") for v in e.summary.value}
+    assert scalars == {("train_loss", 1): 1.0, ("train_loss", 2): 2.0}
+
+
 @pytest.mark.parametrize(
     ("objective", "message"),
     [
