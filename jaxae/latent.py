@@ -47,13 +47,16 @@ class GaussianLatent:
         """The number of stochastic layers."""
         return 1
 
-    def sample_posterior(self, x: jax.Array, key: jax.Array, samples: int) -> list[jax.Array]:
-        """``samples`` reparameterized draws of the chain from ``q(z | x)``: ``[(k, N, D)]``."""
+    def sample_posterior(self, x: jax.Array, key: jax.Array, samples: int) -> tuple[list[jax.Array], jax.Array]:
+        """``samples`` reparameterized draws of the chain from ``q(z | x)``, ``[(k, N, D)]``,
+        and ``log q(z | x)`` of each, ``(k, N)``: scored from the Gaussians that drew them,
+        so a gradient through both passes the encoder once."""
         mean, logvar = float32(self.encode(x))  # type: ignore[attr-defined]
-        return [reparameterize(key, mean, logvar, samples)]
+        z = reparameterize(key, mean, logvar, samples)
+        return [z], log_normal(z, mean, logvar)
 
     def log_posterior(self, x: jax.Array, zs: list[jax.Array]) -> jax.Array:
-        """``log q(z | x)`` of each draw: ``(k, N)``."""
+        """``log q(z | x)`` of each draw, ``(k, N)``, for draws made elsewhere."""
         return log_normal(zs[0], *float32(self.encode(x)))  # type: ignore[attr-defined]
 
     def log_prior(self, zs: list[jax.Array]) -> jax.Array:

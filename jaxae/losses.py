@@ -170,17 +170,23 @@ def log_weights(
       multiplied by the normalised weight ``w_i / sum_j w_j``: weighted once more by the
       bound's own weights, this is Tucker et al.'s (2018) doubly reparameterized gradient.
     """
-    zs = cast(list[jax.Array], model.apply(params, inputs, key, samples, method=model.sample_posterior))
+    zs, log_q = model.apply(params, inputs, key, samples, method=model.sample_posterior)
     flat_targets = _flat(targets)
 
-    def joint_minus_q(params, zs):
+    def log_joint(params, zs):
         z = zs[0]
         logits = model.apply(params, z.reshape(-1, z.shape[-1]), method=model.decode).astype(jnp.float32)
         logits = logits.reshape(samples, *flat_targets.shape)
-        q_params = params if estimator == "plain" else jax.lax.stop_gradient(params)
-        log_q = model.apply(q_params, inputs, zs, method=model.log_posterior)
         log_likelihood = -jax.vmap(bernoulli_nll, in_axes=(0, None))(logits, flat_targets)
-        return log_likelihood - log_q + model.apply(params, zs, method=model.log_prior), logits[0]
+        return log_likelihood + model.apply(params, zs, method=model.log_prior), logits[0]
+
+    if estimator == "plain":  # log q as drawn: its gradient passes the encoder once, with the draws'
+        log_p, logits = log_joint(params, zs)
+        return log_p - log_q, logits
+
+    def joint_minus_q(params, zs):  # log q of constant posterior parameters, as a function of the draws
+        log_p, logits = log_joint(params, zs)
+        return log_p - model.apply(jax.lax.stop_gradient(params), inputs, zs, method=model.log_posterior), logits
 
     if estimator == "dreg":
         return _reweighted_path_gradient(joint_minus_q)(params, zs)

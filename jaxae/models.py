@@ -274,12 +274,15 @@ class HierarchicalVAE(GaussianLatent, nn.Module):
     # The latent-variable protocol (see GaussianLatent) for the chain: layer l > 1 draws with
     # fold_in(key, l - 1).
 
-    def sample_posterior(self, x: jax.Array, key: jax.Array, samples: int) -> list[jax.Array]:
-        """``samples`` draws of the chain ``z_1 .. z_L`` from ``q``: ``[(k, N, D_l)]``."""
-        zs = super().sample_posterior(x, key, samples)
+    def sample_posterior(self, x: jax.Array, key: jax.Array, samples: int) -> tuple[list[jax.Array], jax.Array]:
+        """``samples`` draws of the chain ``z_1 .. z_L`` from ``q``, ``[(k, N, D_l)]``, and
+        ``log q`` of each, ``(k, N)``."""
+        zs, log_q = super().sample_posterior(x, key, samples)
         for layer in range(1, self.depth):
-            zs.append(reparameterize(jax.random.fold_in(key, layer), *self.upper_posterior(zs[-1], layer)))
-        return zs
+            mean, logvar = self.upper_posterior(zs[-1], layer)
+            zs.append(reparameterize(jax.random.fold_in(key, layer), mean, logvar))
+            log_q += log_normal(zs[-1], mean, logvar)
+        return zs, log_q
 
     def log_posterior(self, x: jax.Array, zs: list[jax.Array]) -> jax.Array:
         """``log q(z_1 | x) + sum_l log q(z_{l+1} | z_l)``: ``(k, N)``."""
@@ -309,7 +312,7 @@ class HierarchicalVAE(GaussianLatent, nn.Module):
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> AutoencoderOutput:
         out = variational_call(self, x, key)
         if self.is_initializing():  # linen creates a layer's parameters where it is first called
-            self.log_prior(self.sample_posterior(x, jax.random.key(0), 1))
+            self.log_prior(self.sample_posterior(x, jax.random.key(0), 1)[0])
         return out
 
 

@@ -523,7 +523,8 @@ def test_committed_two_layer_parameters_score_their_chain_as_the_paper_writes_th
     }
     x = build.binarize_test_set(mnist_test.images[:8]).astype(np.float32) / 255
     key = jax.random.key(7)
-    zs = run.model.apply(run.params, x, key, 3, method=run.model.sample_posterior)
+    zs, log_q_drawn = run.model.apply(run.params, x, key, 3, method=run.model.sample_posterior)
+    log_q_scored = run.model.apply(run.params, x, zs, method=run.model.log_posterior)
     log_w, _ = losses.log_weights(run.model, run.params, x, x, key, samples=3, estimator="plain")
     assert [z.shape for z in zs] == [(3, 8, 100), (3, 8, 50)] and log_w.shape == (3, 8)
 
@@ -549,6 +550,8 @@ def test_committed_two_layer_parameters_score_their_chain_as_the_paper_writes_th
     targets = x.reshape(8, -1)
     log_likelihood = np.sum(targets * logits - np.logaddexp(0, logits), axis=-1)
     np.testing.assert_allclose(log_w, log_likelihood + log_p - log_q, rtol=2e-5)
+    np.testing.assert_allclose(log_q_drawn, log_q, rtol=2e-5)  # as drawn and as scored again
+    np.testing.assert_allclose(log_q_scored, log_q, rtol=2e-5)
 
 
 @pytest.mark.parametrize("row", ["iwae-1l-k50", "iwae-2l-k50"])
