@@ -5,7 +5,10 @@ image patches.
 XLA:CPU runs the gradients of strided and dilated convolutions inside ``lax.scan`` several
 times slower than one product over patches; :class:`Conv2x` and :class:`ConvTranspose2x`
 hold the same parameters as ``nn.Conv`` and ``nn.ConvTranspose`` with stride 2 and compute
-the same function (the tests check values and gradients against them).
+the same function (the tests check values and gradients against them). They take and
+give channels-first ``(C, N, H, W)`` arrays, in which every product of the layers and of
+their gradients runs through YNNPACK (:func:`_weights_times_columns`); a model changes
+layout once on the way in and once on the way out.
 """
 
 from __future__ import annotations
@@ -79,30 +82,54 @@ def glorot_dense(features: int, dtype: jnp.dtype | None = None, name: str | None
     return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.xavier_uniform(), name=name)
 
 
-def _patches(x: jax.Array, size: int, stride: int, out_h: int, out_w: int) -> jax.Array:
-    """Windows of a padded ``(N, H, W, C)`` array as ``(N, out_h, out_w, size * size * C)``,
-    flattened in the (row, column, channel) order of an HWIO kernel."""
+def _patch_columns(x: jax.Array, size: int, stride: int, out_h: int, out_w: int) -> jax.Array:
+    """The windows of a padded channels-first ``(C, N, H, W)`` array as the columns of
+    ``(size * size * C, N * out_h * out_w)``, each column's entries in the (row, column,
+    channel) order of an HWIO kernel's rows."""
     span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
-    windows = [x[:, i : i + span_h : stride, j : j + span_w : stride] for i in range(size) for j in range(size)]
-    return jnp.concatenate(windows, axis=-1)
+    windows = [x[:, :, i : i + span_h : stride, j : j + span_w : stride] for i in range(size) for j in range(size)]
+    return jnp.concatenate(windows, axis=0).reshape(size * size * x.shape[0], -1)
+
+
+@jax.custom_jvp
+def _weights_times_columns(weights: jax.Array, columns: jax.Array) -> jax.Array:
+    """``weights^T @ columns``: ``(J, F)`` and ``(J, R)`` -> ``(F, R)``.
+
+    XLA:CPU runs a product through YNNPACK unless its left operand contracts its leading
+    axis; such a product goes to XLA's generic dot, 2-3x slower for these shapes. In
+    this channels-first form every product of a layer and of its gradient avoids that:
+    the forward product takes the small weight matrix transposed once (the barrier keeps
+    XLA from folding the transpose back into the product), and the JVP, which ``grad``
+    transposes, writes its products with the weights as stored.
+    """
+    return jax.lax.optimization_barrier(weights.T) @ columns
+
+
+@_weights_times_columns.defjvp
+def _weights_times_columns_jvp(primals, tangents):
+    (weights, columns), (weights_dot, columns_dot) = primals, tangents
+    product = _weights_times_columns(weights, columns)
+    return product, weights.T @ columns_dot + weights_dot.T @ columns
 
 
 def conv_2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``lax.conv_general_dilated(x, kernel, (2, 2), "SAME")`` computed as one matrix product.
+    """``lax.conv_general_dilated(x, kernel, (2, 2), "SAME")`` on channels-first arrays,
+    computed as one matrix product over image patches.
 
     Args:
-        x: ``(N, H, W, C_in)`` with H and W even.
+        x: ``(C_in, N, H, W)`` with H and W even.
         kernel: ``(K, K, C_in, C_out)``, as ``nn.Conv`` stores it.
 
     Returns:
-        ``(N, H/2, W/2, C_out)``.
+        ``(C_out, N, H/2, W/2)``.
     """
     k, _, c_in, c_out = kernel.shape
-    n, h, w, _ = x.shape
+    _, n, h, w = x.shape
     low = max(k - 2, 0) // 2  # 'SAME' for stride 2 pads k - 2 in all, the extra one after
-    padded = jnp.pad(x, ((0, 0), (low, max(k - 2, 0) - low), (low, max(k - 2, 0) - low), (0, 0)))
-    patches = _patches(padded, k, 2, h // 2, w // 2)
-    return patches @ kernel.reshape(k * k * c_in, c_out).astype(patches.dtype)
+    padded = jnp.pad(x, ((0, 0), (0, 0), (low, max(k - 2, 0) - low), (low, max(k - 2, 0) - low)))
+    columns = _patch_columns(padded, k, 2, h // 2, w // 2)
+    weights = kernel.reshape(k * k * c_in, c_out).astype(columns.dtype)
+    return _weights_times_columns(weights, columns).reshape(c_out, n, h // 2, w // 2)
 
 
 def _transpose_phase_taps(kernel_size: int) -> tuple[np.ndarray, int, int]:
@@ -129,7 +156,8 @@ def _transpose_phase_taps(kernel_size: int) -> tuple[np.ndarray, int, int]:
 
 
 def conv_transpose_2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``lax.conv_transpose(x, kernel, (2, 2), "SAME")`` computed as one matrix product.
+    """``lax.conv_transpose(x, kernel, (2, 2), "SAME")`` on channels-first arrays, computed
+    as one matrix product over image patches.
 
     The four output phases (even/odd rows and columns) are each an ordinary convolution
     with a sub-kernel; stacking them gives one stride-1 convolution, done here on
@@ -137,28 +165,29 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
     this gradient several times faster.
 
     Args:
-        x: ``(N, H, W, C_in)``.
+        x: ``(C_in, N, H, W)``.
         kernel: ``(K, K, C_in, C_out)``, as ``nn.ConvTranspose`` stores it.
 
     Returns:
-        ``(N, 2H, 2W, C_out)``.
+        ``(C_out, N, 2H, 2W)``.
     """
     k, _, c_in, c_out = kernel.shape
-    n, h, w, _ = x.shape
+    _, n, h, w = x.shape
     taps, low, high = _transpose_phase_taps(k)
     d = taps.shape[1]
     zero_padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
     phases = zero_padded[taps[:, None, :, None], taps[None, :, None, :]]  # (2, 2, D, D, C_in, C_out)
     weights = phases.transpose(2, 3, 4, 0, 1, 5).reshape(d * d * c_in, 4 * c_out)
-    padded = jnp.pad(x, ((0, 0), (low, high), (low, high), (0, 0)))
-    patches = _patches(padded, d, 1, h, w)
-    y = (patches @ weights.astype(patches.dtype)).reshape(n, h, w, 2, 2, c_out)
-    return y.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c_out)
+    padded = jnp.pad(x, ((0, 0), (0, 0), (low, high), (low, high)))
+    columns = _patch_columns(padded, d, 1, h, w)
+    y = _weights_times_columns(weights.astype(columns.dtype), columns).reshape(2, 2, c_out, n, h, w)
+    return y.transpose(2, 3, 4, 0, 5, 1).reshape(c_out, n, 2 * h, 2 * w)
 
 
 class Conv2x(nn.Module):
     """Stride-2 'SAME' convolution: ``nn.Conv(features, (k, k), (2, 2))`` with the same
-    parameters, computed by :func:`conv_2x`. (XLA on CPU runs the gradient of a strided
+    parameters, computed by :func:`conv_2x` on channels-first arrays: ``(C_in, N, H, W)``
+    -> ``(features, N, H/2, W/2)``. (XLA on CPU runs the gradient of a strided
     convolution several times slower inside ``lax.scan``.)"""
 
     features: int
@@ -168,15 +197,16 @@ class Conv2x(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
+        shape = (self.kernel_size, self.kernel_size, x.shape[0], self.features)
         kernel = self.param("kernel", kernel_init, shape)
         bias = self.param("bias", bias_init(math.prod(shape[:3])), (self.features,))
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return self.operation(x, kernel) + bias
+        return self.operation(x, kernel) + bias[:, None, None, None]
 
 
 class ConvTranspose2x(Conv2x):
     """Stride-2 'SAME' transposed convolution: ``nn.ConvTranspose(features, (k, k), (2, 2))``
-    with the same parameters, computed by :func:`conv_transpose_2x`."""
+    with the same parameters, computed by :func:`conv_transpose_2x` on channels-first
+    arrays: ``(C_in, N, H, W)`` -> ``(features, N, 2H, 2W)``."""
 
     operation: ClassVar = staticmethod(conv_transpose_2x)

@@ -141,9 +141,10 @@ class ConvAutoencoder(nn.Module):
 
     def features(self, x: jax.Array) -> jax.Array:
         """The strided convolutions: ``(N, H, W, C)`` -> flattened features ``(N, h * w * widths[-1])``."""
+        x = x.transpose(3, 0, 1, 2)  # the convolutions run channels-first
         for conv in self.down:
             x = nn.relu(conv(x))
-        return x.reshape(x.shape[0], -1)
+        return x.transpose(1, 2, 3, 0).reshape(x.shape[1], -1)
 
     def encode(self, x: jax.Array) -> jax.Array:
         """``(N, H, W, C)`` -> ``(N, latent_dim)``."""
@@ -151,11 +152,12 @@ class ConvAutoencoder(nn.Module):
 
     def decode(self, z: jax.Array) -> jax.Array:
         """``(N, latent_dim)`` -> logits ``(N, H, W, C)``."""
-        x = nn.relu(self.from_code(z)).reshape(z.shape[0], *self.feature_shape)
+        x = nn.relu(self.from_code(z)).reshape(z.shape[0], *self.feature_shape).transpose(3, 0, 1, 2)
         for i, deconv in enumerate(self.up):
             x = deconv(x)
             if i < len(self.up) - 1:
                 x = nn.relu(x)
+        x = x.transpose(1, 2, 3, 0)
         # Materialised flat, so that a loss over the flattened logits and targets runs on
         # (N, H*W*C): XLA would otherwise move both reshapes past it and run it on
         # (N, H, W, 1), where XLA:CPU's fused elementwise kernels are ~40x slower.

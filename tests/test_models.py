@@ -86,16 +86,28 @@ def test_conv_model_rejects_sizes_it_cannot_halve():
     [(layers.Conv2x, nn.Conv, (4, 3)), (layers.ConvTranspose2x, nn.ConvTranspose, (16, 12))],
 )
 def test_patch_matmul_layers_equal_flax_strided_convolutions(ours, reference, out_hw, kernel_size):
+    """Ours run channels-first, (C, N, H, W); Flax's on (N, H, W, C). Values, gradients
+    and forward-mode derivatives agree."""
     x = jax.random.normal(jax.random.key(0), (2, 8, 6, 3))
     ours = ours(4, kernel_size=kernel_size)
     reference = reference(4, (kernel_size, kernel_size), strides=(2, 2), padding="SAME")
-    params = jax.tree.map(lambda p: p + 0.1, ours.init(jax.random.key(1), x))
+
+    def ours_nhwc(params, x):
+        return ours.apply(params, x.transpose(3, 0, 1, 2)).transpose(1, 2, 3, 0)
+
+    params = jax.tree.map(lambda p: p + 0.1, ours.init(jax.random.key(1), x.transpose(3, 0, 1, 2)))
     expected = reference.apply(params, x)
     assert expected.shape == (2, *out_hw, 4)
-    np.testing.assert_allclose(ours.apply(params, x), expected, atol=1e-5)
-    grad = jax.grad(lambda p, m: jnp.sum(jnp.sin(m.apply(p, x))))
-    for a, b in zip(jax.tree.leaves(grad(params, ours)), jax.tree.leaves(grad(params, reference)), strict=True):
+    np.testing.assert_allclose(ours_nhwc(params, x), expected, atol=1e-5)
+    grad = jax.grad(lambda p, f: jnp.sum(jnp.sin(f(p, x))), argnums=0)
+    for a, b in zip(
+        jax.tree.leaves(grad(params, ours_nhwc)), jax.tree.leaves(grad(params, reference.apply)), strict=True
+    ):
         np.testing.assert_allclose(a, b, atol=1e-4)
+    tangent = jax.tree.map(jnp.ones_like, params)
+    _, ours_tangent = jax.jvp(lambda p: ours_nhwc(p, x), (params,), (tangent,))
+    _, expected_tangent = jax.jvp(lambda p: reference.apply(p, x), (params,), (tangent,))
+    np.testing.assert_allclose(ours_tangent, expected_tangent, atol=1e-4)
 
 
 def test_initialisation_is_pytorchs_uniform_fan_in():
