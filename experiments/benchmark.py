@@ -74,6 +74,7 @@ XLA_CPU = {
     "onednn": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot",
     "onednn_custom_call": "--xla_cpu_experimental_onednn_custom_call=true",
     "ynnpack": "--xla_cpu_experimental_ynn_fusion_type=dot",
+    "eigen": "--xla_cpu_experimental_ynn_fusion_type=",  # XLA's own products only, no YNNPACK fusions
 }
 
 
