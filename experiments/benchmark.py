@@ -4,6 +4,7 @@
     python -m experiments.benchmark --dtype bfloat16      # on a GPU or TPU
     python -m experiments.benchmark --quick               # tiny sizes, seconds
     python -m experiments.benchmark --profile             # and where each row's time goes
+    python -m experiments.benchmark --rounds 3            # each row 3 times, in turn with PyTorch's
 
 Each epoch is compiled twice: afresh, and loaded from the compilation cache, as the
 experiments' later runs load it (``--compilation-cache``). The table gives both, each
@@ -22,6 +23,10 @@ same run times ``experiments.torch_reference``'s VAE (batch 128), ``conv_ae`` an
 the GPU when jaxae runs on one and PyTorch sees it) and sets jaxae's epochs against them;
 the k = 5000 NLL row sets the evaluation against its floor, the decoder's FLOPs at the
 matmul rate.
+
+On a shared machine a neighbour's load comes and goes within minutes: ``--rounds N`` times
+every row N times, jaxae's rows and then PyTorch's in each round, and reports each row's
+median and each ratio to PyTorch as the median of the rounds' ratios, with their range.
 
 ``--profile`` runs one more epoch per row under the JAX profiler and lists the XLA ops that
 took longest, each with the JAX operation it computes (from XLA's metadata).
@@ -170,8 +175,16 @@ def row_name(config: Config) -> str:
 
 
 def benchmark(config: Config, images: np.ndarray, epochs: int, *, profile: bool = False) -> dict:
+    """One row of figures of :func:`timed_row`."""
+    return timed_row(config, images, epochs, profile=profile)[0]
+
+
+def timed_row(
+    config: Config, images: np.ndarray, epochs: int, *, profile: bool = False
+) -> tuple[dict, Callable[[], float]]:
     """Compiles one epoch of training under ``config`` (model, batch size, dtype, objective,
-    seeds) and times ``2 + epochs``; returns one row of figures.
+    seeds) and times ``2 + epochs``; returns one row of figures, and a function that times
+    ``epochs`` more of the compiled epoch and returns their median (for later rounds).
 
     The epoch is compiled twice: afresh (``compile_seconds``), and again loaded from the
     compilation cache folder that compile wrote (``cached_compile_seconds``), as a later
@@ -223,7 +236,11 @@ def benchmark(config: Config, images: np.ndarray, epochs: int, *, profile: bool 
     if profile:
         seconds, ops = top_ops(lambda: run_epoch(train_epoch, 2 + epochs), train_epoch.as_text())
         profiled = {"profiled_epoch_seconds": seconds, "top_ops": ops}
-    return {
+
+    def again() -> float:
+        return statistics.median(run_epoch(train_epoch, 3 + epochs + i) for i in range(epochs))
+
+    row = {
         "model": row_name(config),
         "batch_size": batch_size,
         "dtype": config.dtype,
@@ -238,8 +255,10 @@ def benchmark(config: Config, images: np.ndarray, epochs: int, *, profile: bool 
         "images_per_second": seed_count * len(images) / steady,
         "flops_per_epoch": flops,
         "gflops_per_second": flops / steady / 1e9,
+        "round_seconds": [steady],
         **profiled,
     }
+    return row, again
 
 
 def nll_benchmark(images: np.ndarray, samples: int, chunk: int) -> dict:
@@ -283,6 +302,7 @@ def torch_rows(
                 "batch_size": torch_reference.BATCH_SIZES[model_name],
                 "images": len(images),
                 "epoch_seconds": statistics.median(times),
+                "round_seconds": [statistics.median(times)],
                 "torch": torch.__version__,
                 "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                 "threads": torch.get_num_threads(),
@@ -309,6 +329,32 @@ def print_top_ops(rows: list[dict]) -> None:
             print("  no XLA ops in the trace (on a CPU, set XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true)")
 
 
+def more_rounds(
+    rows: list[dict],
+    timers: list[Callable[[], float]],
+    reference: list[dict],
+    model_images: dict[str, np.ndarray],
+    iwae_images: np.ndarray,
+    args: argparse.Namespace,
+) -> None:
+    """One more round of every row, jaxae's then PyTorch's, so that a neighbour's load on a
+    shared machine falls on both alike: each row's ``epoch_seconds`` becomes the median of
+    its rounds' (``round_seconds``), and its throughputs follow."""
+    for row, again in zip(rows, timers, strict=True):
+        row["round_seconds"].append(again())
+        print(f"  {row['model']}, batch {row['batch_size']}: {row['round_seconds'][-1]:.3f} s per epoch", flush=True)
+    if reference:
+        for theirs, now in zip(
+            reference, torch_rows(model_images, iwae_images, args.iwae_samples, args.epochs), strict=True
+        ):
+            theirs["round_seconds"].append(now["epoch_seconds"])
+    for row in [*rows, *reference]:
+        row["epoch_seconds"] = statistics.median(row["round_seconds"])
+    for row in rows:
+        row["images_per_second"] = row["seeds"] * row["images"] / row["epoch_seconds"]
+        row["gflops_per_second"] = row["flops_per_epoch"] / row["epoch_seconds"] / 1e9
+
+
 def print_rows(rows: list[dict]) -> None:
     print(
         f"{'model':10} {'batch':>5} {'seeds':>5} {'images':>6} {'compile s':>9} {'1st epoch s':>11} "
@@ -331,13 +377,20 @@ def print_against_torch(rows: list[dict], torch_rows_: list[dict]) -> None:
     for theirs in torch_rows_:
         ours = jaxae_rows.get((theirs["model"], theirs["batch_size"], theirs["images"]))
         if ours is not None:
-            theirs["jaxae_ratio"] = ours["epoch_seconds"] / theirs["epoch_seconds"]
+            pairs = zip(ours.get("round_seconds", []), theirs.get("round_seconds", []), strict=False)
+            ratios = [a / b for a, b in pairs] or [ours["epoch_seconds"] / theirs["epoch_seconds"]]
+            theirs["jaxae_ratio"], theirs["jaxae_ratio_rounds"] = statistics.median(ratios), ratios
             device = theirs.get("device", "cpu")
             where = f"{theirs['threads']} threads" if device == "cpu" else device
+            spread = (
+                f" (median of {len(ratios)} rounds, {min(ratios):.2f}x to {max(ratios):.2f}x)"
+                if len(ratios) > 1
+                else ""
+            )
             print(
                 f"{theirs['model']}, batch {theirs['batch_size']}, {theirs['images']} images: jaxae "
                 f"{ours['epoch_seconds']:.2f} s, PyTorch {theirs['torch']} ({where}) "
-                f"{theirs['epoch_seconds']:.2f} s per epoch: {theirs['jaxae_ratio']:.2f}x"
+                f"{theirs['epoch_seconds']:.2f} s per epoch: {theirs['jaxae_ratio']:.2f}x{spread}"
             )
 
 
@@ -445,6 +498,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-batch-sizes", type=int, nargs="+", default=[64, 128, 512])
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
     parser.add_argument("--epochs", type=int, default=3, help="steady epochs timed after the first (median)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time every row this many times, jaxae's and PyTorch's in turn, and report the medians",
+    )
     parser.add_argument("--seeds", type=int, default=8, help="vmapped VAEs set against as many separate runs")
     parser.add_argument("--matmul-size", type=int, default=4096)
     parser.add_argument("--quick", action="store_true", help="2048 images, small matmul: a smoke run")
@@ -471,11 +530,11 @@ def main(argv: list[str] | None = None) -> int:
         return compare_xla_cpu(args, argv)
     if args.profile:  # XLA:CPU traces its ops only when asked, before the backend starts
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_enable_xprof_traceme=true"
-    sizes = (args.batch_size, args.epochs, args.seeds, args.matmul_size, args.iwae_images, *args.vae_batch_sizes)
-    if min(sizes) <= 0 or min(args.iwae_samples, default=1) <= 0:
+    sizes = (args.batch_size, args.epochs, args.rounds, args.seeds, args.matmul_size, args.iwae_images)
+    if min(*sizes, *args.vae_batch_sizes) <= 0 or min(args.iwae_samples, default=1) <= 0:
         parser.error(
-            "--batch-size, --vae-batch-sizes, --epochs, --seeds, --matmul-size, --iwae-samples and --iwae-images "
-            "must be positive"
+            "--batch-size, --vae-batch-sizes, --epochs, --rounds, --seeds, --matmul-size, --iwae-samples and "
+            "--iwae-images must be positive"
         )
 
     images = data.load("mnist", "train").images
@@ -493,17 +552,22 @@ def main(argv: list[str] | None = None) -> int:
         plan += [(model_config("vae", b, args.dtype), images) for b in sorted({*args.vae_batch_sizes, args.batch_size})]
         plan += [(model_config("vae", args.batch_size, args.dtype, args.seeds), images)] if args.seeds > 1 else []
     plan += [(iwae_config(k, args.dtype), iwae_images) for k in args.iwae_samples]
-    rows = []
+    rows, timers = [], []
     for config, row_images in plan:
-        rows.append(benchmark(config, row_images, args.epochs, profile=args.profile))
+        row, again = timed_row(config, row_images, args.epochs, profile=args.profile)
+        rows.append(row)
+        timers.append(again)
         print(
-            f"  {rows[-1]['model']}, batch {config.batch_size}, {config.seeds} seed(s): "
-            f"{rows[-1]['epoch_seconds']:.3f} s per epoch",
+            f"  {row['model']}, batch {config.batch_size}, {config.seeds} seed(s): "
+            f"{row['epoch_seconds']:.3f} s per epoch",
             flush=True,
         )
     with_torch = args.torch == "auto" and importlib.util.find_spec("torch") is not None
     model_images = torch_images(args.models, images)
     reference = torch_rows(model_images, iwae_images, args.iwae_samples, args.epochs) if with_torch else []
+    for round_ in range(2, args.rounds + 1):
+        print(f"round {round_} of {args.rounds}", flush=True)
+        more_rounds(rows, timers, reference, model_images, iwae_images, args)
     samples = 500 if args.quick else 5000
     test_images = data.load("mnist", "test").images[: args.nll_images]
     nll_rows = [nll_benchmark(test_images, samples, chunk) for chunk in args.nll_chunks] if args.nll_images else []

@@ -1,5 +1,6 @@
 """The benchmark's figures are consistent, vmapped seeds train as separate runs, bfloat16 trains."""
 
+import argparse
 import dataclasses
 import json
 import os
@@ -59,11 +60,16 @@ def test_benchmark_command_writes_its_table(tmp_path, capsys):
         "5",
         "--torch",
         "no",
+        "--rounds",
+        "2",
         "--output",
         str(output),
     ]
     assert benchmark.main(argv) == 0
     result = json.loads(output.read_text())
+    for row in result["rows"]:  # two rounds, the row's figures from their median
+        assert len(row["round_seconds"]) == 2 and row["epoch_seconds"] == pytest.approx(np.median(row["round_seconds"]))
+        assert row["images_per_second"] == pytest.approx(row["seeds"] * row["images"] / row["epoch_seconds"])
     assert result["backend"] == jax.default_backend() and result["matmul_gflops_per_second"] > 0
     assert result["matmul_gflops_per_second"] == max(result["matmul_gflops_per_second_before_and_after"])
     rows = [(r["model"], r["batch_size"], r["seeds"], r["images"]) for r in result["rows"]]
@@ -84,6 +90,28 @@ def test_benchmark_command_writes_its_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 VAEs vmapped" in out and "IW-NLL, k = 500, 20 images, 100 draws per step" in out
     assert "no PyTorch rows: --torch no" in out
+
+
+def test_rounds_pair_each_jaxae_row_with_pytorchs_of_the_same_round(monkeypatch, capsys):
+    """A later round times every row again; a row's epoch is the median of its rounds and
+    the ratio is the median of the rounds' ratios, not a ratio of medians from different
+    moments of a shared machine."""
+    ours = [{"model": "conv_ae", "batch_size": 128, "images": 2048, "seeds": 1, "flops_per_epoch": 8e9}]
+    ours[0] |= {"epoch_seconds": 1.0, "round_seconds": [1.0]}
+    theirs = [{"model": "conv_ae", "batch_size": 128, "images": 2048, "torch": "2", "threads": 2}]
+    theirs[0] |= {"epoch_seconds": 2.0, "round_seconds": [2.0]}
+    ours_later, theirs_later = iter([4.0, 5.0]), iter([3.0, 10.0])
+    monkeypatch.setattr(benchmark, "torch_rows", lambda *args: [{"epoch_seconds": next(theirs_later)}])
+    args = argparse.Namespace(iwae_samples=[], epochs=1)
+    for _ in range(2):
+        benchmark.more_rounds(ours, [lambda: next(ours_later)], theirs, {}, None, args)
+    assert ours[0]["round_seconds"] == [1.0, 4.0, 5.0] and ours[0]["epoch_seconds"] == 4.0
+    assert ours[0]["gflops_per_second"] == 2.0 and ours[0]["images_per_second"] == 512
+    assert theirs[0]["round_seconds"] == [2.0, 3.0, 10.0] and theirs[0]["epoch_seconds"] == 3.0
+    benchmark.print_against_torch(ours, theirs)
+    assert theirs[0]["jaxae_ratio_rounds"] == pytest.approx([0.5, 4 / 3, 0.5])
+    assert theirs[0]["jaxae_ratio"] == 0.5  # where the medians' ratio would say 1.33
+    assert capsys.readouterr().out.splitlines()[-1].endswith("0.50x (median of 3 rounds, 0.50x to 1.33x)")
 
 
 def test_pytorch_rows_are_set_against_jaxae_rows_of_the_same_model_and_images(capsys):
