@@ -80,6 +80,7 @@ XLA_CPU = {
     "onednn_custom_call": "--xla_cpu_experimental_onednn_custom_call=true",
     "ynnpack": "--xla_cpu_experimental_ynn_fusion_type=dot",
     "eigen": "--xla_cpu_experimental_ynn_fusion_type=",  # XLA's own products only, no YNNPACK fusions
+    "wide_vectors": "--xla_cpu_prefer_vector_width=512",  # XLA's own kernels in 512-bit vectors (AVX-512)
 }
 
 
