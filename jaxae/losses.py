@@ -180,7 +180,7 @@ def log_weights(
         log_likelihood = -jax.vmap(bernoulli_nll, in_axes=(0, None))(logits, flat_targets)
         return log_likelihood + model.apply(params, zs, method=model.log_prior), logits[0]
 
-    if estimator == "plain":  # log q as drawn: its gradient passes the encoder once, with the draws'
+    if estimator == "plain":  # log q scored as the draws were made: the gradient passes the encoder once
         log_p, logits = log_joint(params, zs)
         return log_p - log_q, logits
 
