@@ -511,6 +511,39 @@ def test_the_committed_full_schedule_run_finished_and_resume_trains_nothing_more
     assert restore_run(folder).epoch == 3280
 
 
+def test_the_committed_two_layer_full_schedule_run_continues_from_its_checkpoint():
+    """The iwae-2l-k1 row in progress restores with the code as it is now, optimizer state
+    included, at the epoch its metrics reached; ``--resume`` continues it from there."""
+    import json
+
+    from experiments import iwae
+    from jaxae import checkpoint
+
+    folder = RESULTS / "iwae_full" / "iwae-2l-k1"
+    history = (folder / "metrics.jsonl").read_text().splitlines()
+    run = config.Config.from_json(json.loads((folder / "config.json").read_text()))
+    assert (run.model, run.optimizer, run.scale_output, run.stages_count, run.epochs) == (
+        "hvae",
+        "adam_iwae",
+        "log_sigma",
+        8,
+        3280,
+    )
+    assert (run.latent_dim, tuple(run.upper_widths), run.upper_latent_dim, run.objective_samples) == (
+        100,
+        (100, 100),
+        50,
+        1,
+    )
+    model = build.build_model(run, (28, 28, 1))
+    template = train.create_state(model, build.build_optimizer(run, 3000), (28, 28, 1), key=jax.random.key(0))
+    with checkpoint.Checkpoints(folder / "checkpoints") as saved:
+        state, meta = saved.restore(template, saved.latest_epoch())
+    assert meta["epoch"] == len(history) == json.loads(history[-1])["epoch"] < run.epochs
+    assert int(state.step) == 3000 * len(history) and int(state.opt_state[0].count) == 3000 * len(history)
+    assert not iwae.finished(run, folder)
+
+
 def test_committed_two_layer_parameters_score_their_chain_as_the_paper_writes_the_model(mnist_test):
     """The latent-variable protocol against the 2-layer model written out in numpy from the
     committed parameters: ``log w = log p(x | z1) + log p(z1 | z2) + log p(z2) - log q(z1 | x) - log q(z2 | z1)``."""
