@@ -490,23 +490,27 @@ def test_committed_parameters_restore_and_are_the_ones_their_table_measured():
         assert run.epoch == kept["epochs"] and state_digest(run.params) == kept["params_digest"], path
 
 
-def test_the_committed_full_schedule_run_finished_and_resume_trains_nothing_more():
+def full_schedule_run(row: str) -> tuple[config.Config, int]:
+    """A committed full-schedule row's config, checked to be the code's setup on all 8
+    stages, and the epochs its metrics record (each line one epoch, the last its number)."""
     import json
 
+    folder = RESULTS / "iwae_full" / row
+    history = (folder / "metrics.jsonl").read_text().splitlines()
+    run = config.Config.from_json(json.loads((folder / "config.json").read_text()))
+    setup = (run.optimizer, run.scale_output, run.schedule, run.stages_count, run.epochs)
+    assert setup == ("adam_iwae", "log_sigma", "stages", 8, 3280)
+    assert len(history) == json.loads(history[-1])["epoch"]
+    return run, len(history)
+
+
+def test_the_committed_full_schedule_run_finished_and_resume_trains_nothing_more():
     from experiments import iwae
     from jaxae.restore import restore_run
 
+    run, epochs = full_schedule_run("iwae-1l-k1")
     folder = RESULTS / "iwae_full" / "iwae-1l-k1"
-    history = (folder / "metrics.jsonl").read_text().splitlines()
-    run = config.Config.from_json(json.loads((folder / "config.json").read_text()))
-    assert (run.optimizer, run.scale_output, run.schedule, run.stages_count, run.epochs) == (
-        "adam_iwae",
-        "log_sigma",
-        "stages",
-        8,
-        3280,
-    )
-    assert len(history) == json.loads(history[-1])["epoch"] == 3280
+    assert epochs == 3280
     assert iwae.finished(run, folder)  # its parameters and measurements stand in for checkpoints
     assert restore_run(folder).epoch == 3280
 
@@ -514,33 +518,19 @@ def test_the_committed_full_schedule_run_finished_and_resume_trains_nothing_more
 def test_the_committed_two_layer_full_schedule_run_continues_from_its_checkpoint():
     """The iwae-2l-k1 row in progress restores with the code as it is now, optimizer state
     included, at the epoch its metrics reached; ``--resume`` continues it from there."""
-    import json
-
     from experiments import iwae
     from jaxae import checkpoint
 
+    run, epochs = full_schedule_run("iwae-2l-k1")
     folder = RESULTS / "iwae_full" / "iwae-2l-k1"
-    history = (folder / "metrics.jsonl").read_text().splitlines()
-    run = config.Config.from_json(json.loads((folder / "config.json").read_text()))
-    assert (run.model, run.optimizer, run.scale_output, run.stages_count, run.epochs) == (
-        "hvae",
-        "adam_iwae",
-        "log_sigma",
-        8,
-        3280,
-    )
-    assert (run.latent_dim, tuple(run.upper_widths), run.upper_latent_dim, run.objective_samples) == (
-        100,
-        (100, 100),
-        50,
-        1,
-    )
+    assert (run.model, run.latent_dim, tuple(run.upper_widths), run.upper_latent_dim) == ("hvae", 100, (100, 100), 50)
+    assert run.objective_samples == 1 and epochs < run.epochs
     model = build.build_model(run, (28, 28, 1))
     template = train.create_state(model, build.build_optimizer(run, 3000), (28, 28, 1), key=jax.random.key(0))
     with checkpoint.Checkpoints(folder / "checkpoints") as saved:
         state, meta = saved.restore(template, saved.latest_epoch())
-    assert meta["epoch"] == len(history) == json.loads(history[-1])["epoch"] < run.epochs
-    assert int(state.step) == 3000 * len(history) and int(state.opt_state[0].count) == 3000 * len(history)
+    assert meta["epoch"] == epochs
+    assert int(state.step) == 3000 * epochs and int(state.opt_state[0].count) == 3000 * epochs
     assert not iwae.finished(run, folder)
 
 
