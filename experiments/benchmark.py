@@ -252,14 +252,19 @@ def timed_row(
         "cached_compile_seconds": cached_compile_seconds,
         "cache_hit": bool(hits),
         "first_epoch_cached_seconds": first_epoch_cached_seconds,
-        "epoch_seconds": steady,
-        "images_per_second": seed_count * len(images) / steady,
         "flops_per_epoch": flops,
-        "gflops_per_second": flops / steady / 1e9,
         "round_seconds": [steady],
         **profiled,
     }
-    return row, again
+    return with_epoch_seconds(row, steady), again
+
+
+def with_epoch_seconds(row: dict, seconds: float) -> dict:
+    """``row`` with its steady epoch set to ``seconds`` and the throughputs that follow from it."""
+    row["epoch_seconds"] = seconds
+    row["images_per_second"] = row["seeds"] * row["images"] / seconds
+    row["gflops_per_second"] = row["flops_per_epoch"] / seconds / 1e9
+    return row
 
 
 def nll_benchmark(images: np.ndarray, samples: int, chunk: int) -> dict:
@@ -349,11 +354,10 @@ def more_rounds(
             reference, torch_rows(model_images, iwae_images, args.iwae_samples, args.epochs), strict=True
         ):
             theirs["round_seconds"].append(now["epoch_seconds"])
-    for row in [*rows, *reference]:
-        row["epoch_seconds"] = statistics.median(row["round_seconds"])
     for row in rows:
-        row["images_per_second"] = row["seeds"] * row["images"] / row["epoch_seconds"]
-        row["gflops_per_second"] = row["flops_per_epoch"] / row["epoch_seconds"] / 1e9
+        with_epoch_seconds(row, statistics.median(row["round_seconds"]))
+    for theirs in reference:
+        theirs["epoch_seconds"] = statistics.median(theirs["round_seconds"])
 
 
 def print_rows(rows: list[dict]) -> None:
