@@ -87,7 +87,7 @@ def test_conv_model_rejects_sizes_it_cannot_halve():
 )
 def test_patch_matmul_layers_equal_flax_strided_convolutions(ours, reference, out_hw, kernel_size):
     """Ours run channels-first, (C, N, H, W); Flax's on (N, H, W, C). Values, gradients
-    and forward-mode derivatives agree."""
+    and forward-mode derivatives, with respect to parameters and input, agree."""
     x = jax.random.normal(jax.random.key(0), (2, 8, 6, 3))
     ours = ours(4, kernel_size=kernel_size)
     reference = reference(4, (kernel_size, kernel_size), strides=(2, 2), padding="SAME")
@@ -99,15 +99,28 @@ def test_patch_matmul_layers_equal_flax_strided_convolutions(ours, reference, ou
     expected = reference.apply(params, x)
     assert expected.shape == (2, *out_hw, 4)
     np.testing.assert_allclose(ours_nhwc(params, x), expected, atol=1e-5)
-    grad = jax.grad(lambda p, f: jnp.sum(jnp.sin(f(p, x))), argnums=0)
+    grad = jax.grad(lambda p, x, f: jnp.sum(jnp.sin(f(p, x))), argnums=(0, 1))
     for a, b in zip(
-        jax.tree.leaves(grad(params, ours_nhwc)), jax.tree.leaves(grad(params, reference.apply)), strict=True
+        jax.tree.leaves(grad(params, x, ours_nhwc)), jax.tree.leaves(grad(params, x, reference.apply)), strict=True
     ):
         np.testing.assert_allclose(a, b, atol=1e-4)
-    tangent = jax.tree.map(jnp.ones_like, params)
-    _, ours_tangent = jax.jvp(lambda p: ours_nhwc(p, x), (params,), (tangent,))
-    _, expected_tangent = jax.jvp(lambda p: reference.apply(p, x), (params,), (tangent,))
+    tangents = (jax.tree.map(jnp.ones_like, params), jnp.cos(x))
+    _, ours_tangent = jax.jvp(ours_nhwc, (params, x), tangents)
+    _, expected_tangent = jax.jvp(reference.apply, (params, x), tangents)
     np.testing.assert_allclose(ours_tangent, expected_tangent, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("layer", "dual"), [(layers.conv_2x, "conv_transpose_2x"), (layers.conv_transpose_2x, "conv_2x")]
+)
+def test_a_patch_layers_input_gradient_gathers_windows_instead_of_summing_them(layer, dual):
+    """Differentiated as written, the input gradient would add up each pixel's share of
+    the 9 windows it lies in; it is the dual layer's forward computation instead."""
+    x, kernel = jnp.ones((16, 2, 8, 8)), jnp.ones((3, 3, 16, 8))
+    y, input_gradient = jax.vjp(lambda x: layer(x, kernel), x)
+    primitives = {str(eqn.primitive) for eqn in jax.make_jaxpr(input_gradient)(y).jaxpr.eqns}
+    assert "add_any" not in primitives
+    assert "dot_general" in str(jax.make_jaxpr(input_gradient)(y))
 
 
 def test_initialisation_is_pytorchs_uniform_fan_in():
