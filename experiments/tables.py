@@ -121,6 +121,7 @@ IWAE_COMMAND = "python -m experiments.iwae --rows all iwae-1l-k50-stl iwae-1l-k5
 IWAE_TEXT_COMMAND = "python -m experiments.iwae --setup text --rows all iwae-1l-k50-stl iwae-1l-k50-dreg --stages 3"
 IWAE_LONG_COMMAND = "python -m experiments.iwae --setup text --rows iwae-1l-k1 --stages 7"
 IWAE_1L_COMMAND = f"python -m experiments.iwae --setup text {IWAE_1L_ROWS} --stages 4"
+IWAE_FULL_COMMAND = "python -m experiments.iwae --rows iwae-1l-k1 iwae-2l-k1"  # all 8 stages, in --hours calls
 ROWS = (
     Row("VAE", "vae", "python -m experiments.vae", _single),
     Row("MLP autoencoder", "ae", "python -m experiments.ae", _single),
@@ -133,6 +134,10 @@ ROWS = (
     *(
         Row(f"NLL, short: {v}", "nll_quick", "python -m experiments.nll --epochs 10 --iw-samples 1000", _nll(v), v)
         for v in ("vae_400_20", "vae_200x2_50")
+    ),
+    *(
+        Row(f"IWAE, all 8 stages: {v}", "iwae_full", IWAE_FULL_COMMAND, _iwae_row(v), v)
+        for v in ("iwae-1l-k1", "iwae-2l-k1")
     ),
     *(
         Row(f"IWAE, 3 of 8 stages: {v}", "iwae", IWAE_COMMAND, _iwae(v), v)
