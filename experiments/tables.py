@@ -208,12 +208,21 @@ def budget(config: Config, row: Row, summary: dict) -> str:
     run = summary.get("per_seed", [summary])[0]  # vmapped seeds share their time
     study = next(iter(summary.values())) if len(summary) == 1 else {}
     if "train_seconds" in run:
-        on_cpu = run.get("backend", "cpu") == "cpu"  # a GPU's or TPU's run is named by its device
-        where = run.get("host", run["device"]) if on_cpu else f"one {run['device']}"
-        text += f", {run['train_seconds'] / run['epochs']:.1f} s/epoch on {where}"
+        text += f", {run['train_seconds'] / run['epochs']:.1f} s/epoch on {trained_on(run)}"
     elif f"{row.variant}_seconds_per_epoch" in study:
         text += f", {study[f'{row.variant}_seconds_per_epoch']:.1f} s/epoch"
     return text
+
+
+def trained_on(run: dict) -> str:
+    """The machine a run's ``summary.json`` names (a GPU's or TPU's run: its device), or each
+    machine with its epochs when the run was resumed on another."""
+    if run.get("backend", "cpu") != "cpu":
+        return f"one {run['device']}"
+    hosts = run.get("epochs_by_host", {})
+    if len(hosts) > 1:
+        return ", then ".join(f"{host} ({epochs} epoch{'s' * (epochs != 1)})" for host, epochs in hosts.items())
+    return run.get("host", run["device"])
 
 
 def table() -> str:

@@ -154,7 +154,7 @@ class SeedRun:
     def end_epoch(self, state: train.TrainState, record: dict) -> None:
         """Checkpoint, metrics and, at plot epochs, figures; the checkpoint first, so that
         the files never describe an epoch that was not saved."""
-        record = {**record, "elapsed_seconds": self.elapsed_seconds()}
+        record = {**record, "elapsed_seconds": self.elapsed_seconds(), "host": parallel.host_description()}
         self.history.append(record)
         meta = {
             "epoch": record["epoch"],
@@ -214,12 +214,21 @@ class SeedRun:
             "backend": jax.default_backend(),
             "device": jax.devices()[0].device_kind,
             "host": parallel.host_description(),
+            "epochs_by_host": epochs_by_host(self.history),
             "devices": jax.device_count(),
             "processes": jax.process_count(),
         }
         if parallel.is_primary():
             atomic_write_text(self.workdir / "summary.json", json.dumps(summary, indent=2))
         return summary
+
+
+def epochs_by_host(history: list[dict]) -> dict[str, int]:
+    """How many epochs each machine trained, in the order they trained them: a run resumed
+    elsewhere names every machine, not only the last. Records written before they named
+    their machine are left out."""
+    hosts = [record["host"] for record in history if "host" in record]
+    return {host: hosts.count(host) for host in dict.fromkeys(hosts)}
 
 
 def _saved_seconds(history: list[dict]) -> float:

@@ -4,7 +4,8 @@ Layout::
 
     workdir/config.json      the Config, as JSON
     workdir/metrics.jsonl    one record per epoch (epoch, train_loss, test_loss, ..., epoch_seconds,
-                             elapsed_seconds: the run's wall time so far, over every call that trained it)
+                             elapsed_seconds: the run's wall time so far, over every call that trained it,
+                             host: the machine that trained the epoch)
     workdir/checkpoints/     Orbax checkpoints: the last few and the best by test loss
     workdir/figures/         reconstructions_epoch_XX.png, loss.png, samples.png (VAE)
     workdir/summary.json     final figures: test loss, best epoch, seconds, device, host

@@ -139,6 +139,25 @@ def test_resume_alone_continues_to_the_runs_own_epochs(mnist_slice_dir, tmp_path
     assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 2
 
 
+def test_a_run_resumed_on_another_machine_names_both_in_its_records_summary_and_table(
+    mnist_slice_dir, tmp_path, monkeypatch
+):
+    from experiments import harness, tables, vae
+    from jaxae import parallel
+
+    flags = [*slice_flags(mnist_slice_dir, tmp_path), "--widths", "16", "--plot-epochs", "1"]
+    monkeypatch.setattr(parallel, "host_description", lambda: "Machine A, 2 cores")
+    assert harness.main(vae.DEFAULTS, vae.__doc__, [*flags, "--epochs", "2"]) == 0
+    monkeypatch.setattr(parallel, "host_description", lambda: "Machine B, 1 of 2 cores")
+    assert harness.main(vae.DEFAULTS, vae.__doc__, [*flags, "--resume", "--epochs", "3"]) == 0
+    assert [r["host"] for r in read_metrics(tmp_path)] == ["Machine A, 2 cores"] * 2 + ["Machine B, 1 of 2 cores"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["host"] == "Machine B, 1 of 2 cores"  # the last call's machine, as before
+    assert summary["epochs_by_host"] == {"Machine A, 2 cores": 2, "Machine B, 1 of 2 cores": 1}
+    assert tables.trained_on(summary) == "Machine A, 2 cores (2 epochs), then Machine B, 1 of 2 cores (1 epoch)"
+    assert tables.trained_on({**summary, "epochs_by_host": {"Machine B, 1 of 2 cores": 3}}) == summary["host"]
+
+
 def test_loss_curves_tick_whole_epochs_only(tmp_path, monkeypatch):
     drawn = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig))
