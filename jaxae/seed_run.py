@@ -59,6 +59,7 @@ class SeedRun:
         self._checkpoints: Checkpoints | None = None
         self.events: EventWriter | None = None  # when the run writes TensorBoard events
         self.history: list[dict] = []
+        self.host = parallel.host_description()  # the machine of this call, named in each epoch's record
 
     @property
     def checkpoints(self) -> Checkpoints:
@@ -154,7 +155,7 @@ class SeedRun:
     def end_epoch(self, state: train.TrainState, record: dict) -> None:
         """Checkpoint, metrics and, at plot epochs, figures; the checkpoint first, so that
         the files never describe an epoch that was not saved."""
-        record = {**record, "elapsed_seconds": self.elapsed_seconds(), "host": parallel.host_description()}
+        record = {**record, "elapsed_seconds": self.elapsed_seconds(), "host": self.host}
         self.history.append(record)
         meta = {
             "epoch": record["epoch"],
@@ -213,7 +214,7 @@ class SeedRun:
             "num_params": sum(x.size for x in jax.tree.leaves(state.params)),
             "backend": jax.default_backend(),
             "device": jax.devices()[0].device_kind,
-            "host": parallel.host_description(),
+            "host": self.host,
             "epochs_by_host": epochs_by_host(self.history),
             "devices": jax.device_count(),
             "processes": jax.process_count(),
