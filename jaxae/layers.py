@@ -209,15 +209,16 @@ def _with_dual_input_gradient(forward: Callable, dual: Callable) -> Callable:
 
     def jvp(primals, tangents):
         (x, kernel), (x_dot, kernel_dot) = primals, tangents
-        y = forward(x, kernel)
-        y_dot = jnp.zeros_like(y)
+        if isinstance(kernel_dot, SymbolicZero):
+            y = forward(x, kernel)
+            y_dot = jnp.zeros_like(y)
+        else:  # the value and the kernel's tangent from one pass over the patches
+            y, y_dot = jax.jvp(lambda k: forward(x, k), (kernel,), (kernel_dot,))
         if not isinstance(x_dot, SymbolicZero):  # no work for the images themselves
             dual_of_y = jax.linear_transpose(
                 lambda dy: dual(dy, _dual_kernel(kernel)), jax.ShapeDtypeStruct(y.shape, y.dtype)
             )
             y_dot = y_dot + dual_of_y(x_dot)[0]
-        if not isinstance(kernel_dot, SymbolicZero):
-            y_dot = y_dot + jax.jvp(lambda k: forward(x, k), (kernel,), (kernel_dot,))[1]
         return y, y_dot
 
     layer.defjvp(jvp, symbolic_zeros=True)
