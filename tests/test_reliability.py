@@ -59,15 +59,21 @@ def _largest_array_file(step_dir):
     return max((p for p in (step_dir / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
-def _flip_bits(step_dir, places=8):
-    """Flips a bit at ``places`` evenly spaced bytes of the largest array file. Orbax stores arrays
-    zstd-compressed, and a few bits of a compressed stream change nothing it decodes: one flip
-    alone is sometimes harmless (see the test below), eight together never are."""
+def _flip_bits_at(step_dir, places):
+    """Flips the lowest bit of the bytes at ``places`` of the largest array file."""
     path = _largest_array_file(step_dir)
     data = bytearray(path.read_bytes())
-    for at in np.linspace(0, len(data) - 1, places + 2).astype(int)[1:-1]:
+    for at in places:
         data[at] ^= 1
     path.write_bytes(bytes(data))
+
+
+def _flip_bits(step_dir, count=8):
+    """Flips a bit at ``count`` evenly spaced bytes of the largest array file. Orbax stores arrays
+    zstd-compressed, and a few bits of a compressed stream change nothing it decodes: one flip
+    alone is sometimes harmless (see the test below), eight together never are."""
+    size = _largest_array_file(step_dir).stat().st_size
+    _flip_bits_at(step_dir, np.linspace(0, size - 1, count + 2).astype(int)[1:-1])
 
 
 def _truncate(step_dir):
@@ -112,10 +118,7 @@ def test_a_single_flipped_bit_is_refused_or_changes_nothing_restored(tmp_path):
     for place in np.linspace(0, size - 1, 24).astype(int):
         copy = tmp_path / str(place)
         shutil.copytree(tmp_path / "saved", copy)
-        path = _largest_array_file(copy / "1")
-        data = bytearray(path.read_bytes())
-        data[place] ^= 1
-        path.write_bytes(bytes(data))
+        _flip_bits_at(copy / "1", [place])
         with checkpoint.Checkpoints(copy) as ckpts:
             try:
                 restored, _ = ckpts.restore(state)
