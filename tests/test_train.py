@@ -94,3 +94,52 @@ def test_one_seed_or_several_start_as_each_would_alone_and_take_one_epoch_functi
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)  # seed 5 trains as it does alone
     first, second = (seeds.unstack(ends[2].params, i)["params"]["to_mean"]["bias"] for i in (0, 1))
     assert not np.allclose(first, second)
+
+
+def _compiled_iwae_epoch(images):
+    """One compiled epoch of a small batch-20 IWAE trained by adam_iwae, and its starting state."""
+    from experiments import iwae
+    from jaxae import build, config
+
+    run = config.Config(**{**vars(iwae.DEFAULTS), "widths": (37,), "latent_dim": 11, "objective_samples": 2})
+    model = build.build_model(run, (28, 28, 1))
+    tx = build.build_optimizer(run, steps_per_epoch=len(images) // run.batch_size)
+    state = train.create_state(model, tx, (28, 28, 1), key=jax.random.key(0))
+    epoch = train.make_train_epoch(model, build.build_objective(run), run.batch_size)
+    return epoch.lower(state, images, jax.random.key(1)).compile(), state
+
+
+def _parameter_copies(compiled, params) -> int:
+    """Copies in the compiled program of arrays shaped as a 2-D parameter (or its moments)."""
+    shapes = {f"f32[{','.join(map(str, leaf.shape))}]" for leaf in jax.tree.leaves(params) if leaf.ndim == 2}
+    return sum(
+        line.split(" = ")[1].startswith(shape)
+        for line in compiled.as_text().splitlines()
+        if " copy(" in line
+        for shape in shapes
+    )
+
+
+def test_cpu_epochs_copy_no_parameter_at_each_step_and_train_bit_for_bit_as_xla_s_default(mnist_small, monkeypatch):
+    images = jnp.asarray(mnist_small[0][:200])
+    compiled, state = _compiled_iwae_epoch(images)
+    monkeypatch.setattr(train, "CPU_COMPILER_OPTIONS", {})
+    default, default_state = _compiled_iwae_epoch(images)
+    # XLA:CPU's default copies each weight and both its moments in every step of the scan;
+    # with region analysis, none.
+    assert _parameter_copies(default, state.params) >= 3 * 3
+    assert _parameter_copies(compiled, state.params) == 0
+    ours, _ = compiled(state, images, jax.random.key(1))
+    xlas, _ = default(default_state, images, jax.random.key(1))
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(xlas), strict=True):
+        np.testing.assert_array_equal(a, b)
+    _, start = _compiled_iwae_epoch(images)
+    assert not np.array_equal(jax.tree.leaves(ours.params)[0], jax.tree.leaves(start.params)[0])  # it trained
+
+
+def test_the_user_s_xla_flags_win_over_jaxae_s_compiler_options(monkeypatch):
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert train.compiler_options(mesh) == train.CPU_COMPILER_OPTIONS
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_copy_insertion_use_region_analysis=false")
+    assert train.compiler_options(mesh) == {}
