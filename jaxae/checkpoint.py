@@ -120,14 +120,18 @@ class Checkpoints:
         meta = {**meta, "digest": state_digest(state), "params_digest": state_digest(state.params)}
         meta["meta_digest"] = meta_digest(meta)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        # TensorStore's threads report a failing write before Orbax raises: routed from the start
+        routing = contextlib.ExitStack()
+        if not self._failed:
+            routing.enter_context(routed_thread_errors(self._log))
         try:
             self._manager.save(epoch, args=args, metrics={"test_loss": test_loss}, force=True)
             self._manager.wait_until_finished()
+            routing.close()
             return
         except Exception as error:
             failure = error
-        if not self._failed:
-            self._routing.enter_context(routed_thread_errors(self._log))
+        self._routing.enter_context(routing.pop_all())  # they go on failing till the process ends
         self._failed = True
         with contextlib.suppress(Exception):  # Orbax's other writer threads may still be failing
             self._manager.wait_until_finished()

@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,9 +53,10 @@ def _routed(
     try:
         yield
     finally:
-        _ROUTES[name].remove(handler)
-        if not _ROUTES[name]:
-            restore(_BEFORE.pop(name))
+        if _ROUTES is not None:  # None: a routing kept till exit, closed as Python empties this module
+            _ROUTES[name].remove(handler)
+            if not _ROUTES[name]:
+                restore(_BEFORE.pop(name))
 
 
 @contextlib.contextmanager
@@ -76,24 +79,40 @@ def routed_logs(handler: logging.Handler, names: tuple[str, ...]) -> Iterator[No
         yield
 
 
+# Python's words for a coroutine collected without ever running (Orbax's writes that a
+# failed save left queued on an event loop it closed)
+NEVER_AWAITED = re.compile(r"coroutine '.*' was never awaited")
+
+
 @contextlib.contextmanager
 def routed_thread_errors(handler: logging.Handler) -> Iterator[None]:
-    """Within: the errors of threads that die (Orbax's writers and their event loops after a
-    failed save) and unraisable ones go to ``handler`` instead of the console; after, the
-    process's ``threading.excepthook`` and ``sys.unraisablehook`` are back."""
+    """Within: what Orbax's writers report when a save fails goes to ``handler`` instead of
+    the console: the errors of threads that die, unraisable ones (TensorStore's threads
+    calling back into an event loop Orbax closed) and the warnings about the coroutines left
+    unawaited. After, ``threading.excepthook``, ``sys.unraisablehook`` and
+    ``warnings.showwarning`` are back."""
     log = logging.getLogger("jaxae.checkpoint.threads")
     log.propagate = False
 
     def route() -> tuple:
-        hooks = threading.excepthook, sys.unraisablehook
+        hooks = threading.excepthook, sys.unraisablehook, warnings.showwarning
+        show = warnings.showwarning
+
+        def showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+            if issubclass(category, RuntimeWarning) and NEVER_AWAITED.match(str(message)):
+                log.warning("%s:%s: %s: %s", filename, lineno, category.__name__, message)
+            else:
+                show(message, category, filename, lineno, file, line)
+
         threading.excepthook = lambda args: log.error("thread %s died", args.thread, exc_info=args.exc_value)
         sys.unraisablehook = lambda unraisable: log.error(
             "%s", unraisable.err_msg or "unraisable exception", exc_info=unraisable.exc_value
         )
+        warnings.showwarning = showwarning
         return hooks
 
     def restore(hooks: tuple) -> None:
-        threading.excepthook, sys.unraisablehook = hooks
+        threading.excepthook, sys.unraisablehook, warnings.showwarning = hooks
 
     log.addHandler(handler)
     try:

@@ -1,8 +1,10 @@
 import dataclasses
+import gc
 import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax
 import numpy as np
@@ -109,7 +111,7 @@ def test_a_failed_save_asks_for_disk_space_only_when_the_disk_is_full():
     assert "disk space" not in _fix(RuntimeError("symlink loop"), 3)
 
 
-def test_checkpoints_give_back_orbax_logs_and_the_thread_hooks_however_they_close(tmp_path):
+def test_checkpoints_give_back_orbax_logs_and_the_thread_hooks_however_they_close(tmp_path, monkeypatch):
     import logging
     import threading
 
@@ -127,9 +129,47 @@ def test_checkpoints_give_back_orbax_logs_and_the_thread_hooks_however_they_clos
 
     log = tmp_path / "threads.log"
     handler = logging.FileHandler(log)
+    shown = []
+    monkeypatch.setattr(warnings, "showwarning", lambda *args, **kwargs: shown.append(args))
+    hooks = sys.unraisablehook, warnings.showwarning
     with log_routing.routed_thread_errors(handler), log_routing.routed_thread_errors(logging.NullHandler()):
         thread = threading.Thread(target=lambda: 1 / 0)
         thread.start()
         thread.join()
+        _FailsWhenCollected()  # collected at once: an unraisable error
+        _never_awaited()  # collected at once, never run: Python warns
+        gc.collect()
+        warnings.showwarning(UserWarning("still shown"), UserWarning, "x.py", 1)
+        assert [str(args[0]) for args in shown] == ["still shown"]  # other warnings are shown as before
     handler.close()
-    assert "ZeroDivisionError" in log.read_text() and threading.excepthook is before[1]
+    routed = log.read_text()
+    assert "ZeroDivisionError" in routed and "Event loop is closed" in routed
+    assert "coroutine '_never_awaited' was never awaited" in routed
+    assert threading.excepthook is before[1] and (sys.unraisablehook, warnings.showwarning) == hooks
+
+
+def test_what_the_writers_report_before_a_failed_save_raises_goes_to_the_log(tmp_path, monkeypatch):
+    import errno
+
+    model = models.MLPAutoencoder(widths=(16,), latent_dim=2)
+    state = train.create_state(model, optax.adam(1e-3), (28, 28, 1), key=jax.random.key(0))
+    ckpts = checkpoint.Checkpoints(tmp_path / "checkpoints")
+
+    def failing_save(*args, **kwargs):  # a TensorStore thread reports, then Orbax raises
+        _FailsWhenCollected()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpts._manager, "save", failing_save)
+    with pytest.raises(checkpoint.CheckpointError, match="free disk space"):
+        ckpts.save(1, state, {}, test_loss=1.0)
+    ckpts.close()
+    assert "Event loop is closed" in (tmp_path / checkpoint.LOG_FILE).read_text()
+
+
+class _FailsWhenCollected:
+    def __del__(self):
+        raise RuntimeError("Event loop is closed")
+
+
+async def _never_awaited() -> None:
+    pass
