@@ -46,7 +46,7 @@ from jaxae.config import LIMITS, Config, ConfigError
 from jaxae.files import atomic_write_text
 from jaxae.optim import stage_epochs
 from jaxae.restore import RestoredRun, restore_run, save_params
-from jaxae.workdir import PARAMS_FILE, locked, seed_workdirs
+from jaxae.workdir import PARAMS_FILE, locked, seed_workdirs, trained_epochs
 
 BATCH_SIZE = 20
 # The setup of the authors' code, which produced the paper's Table 1: its Adam, sigma = exp(out).
@@ -233,12 +233,6 @@ def plan(variants: dict[str, Config], workdir: Path, args: argparse.Namespace) -
 def seed_folders(variant: Config, folder: Path) -> list[Path]:
     """The folders of a row's seeds: the row's own for one seed, else its ``seed_<s>/``."""
     return [path for _, path in seed_workdirs(variant, folder)]
-
-
-def trained_epochs(folder: Path) -> int:
-    """The epochs a run's ``metrics.jsonl`` records (0 when it has none)."""
-    history = folder / "metrics.jsonl"
-    return len(history.read_text().splitlines()) if history.exists() else 0
 
 
 def kept_measurements(folder: Path) -> bool:

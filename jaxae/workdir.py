@@ -83,6 +83,21 @@ def check_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: boo
                 f"cannot resume {workdir} with a different config: {', '.join(differ)}; "
                 f"use the saved values or a new `workdir`"
             )
+    trained = trained_epochs(workdir)
+    if resume and not overwrite and trained and not (workdir / "checkpoints").exists():
+        # starting again from epoch 0 would rewrite the metrics of a run whose state is gone
+        raise ConfigError(
+            f"cannot resume {workdir}: its metrics.jsonl records {trained} trained epochs but it keeps no "
+            f"checkpoints to continue from (a finished run may keep only its parameters); pass `overwrite` to "
+            f"train it again from epoch 0, or choose another `workdir`",
+            field="workdir",
+        )
+
+
+def trained_epochs(workdir: Path) -> int:
+    """The epochs a run's ``metrics.jsonl`` records (0 when it has none)."""
+    history = workdir / "metrics.jsonl"
+    return len(history.read_text().splitlines()) if history.is_file() else 0
 
 
 def config_differences(saved: Config, config: Config) -> list[str]:

@@ -5,6 +5,7 @@ import dataclasses
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,6 +193,22 @@ def test_resume_without_a_run_to_continue_is_refused_and_writes_nothing(
     assert iwae.main(flags) == 2 and not (tmp_path / "table").exists()
     err = capsys.readouterr().err
     assert err.startswith(f"error: nothing to resume: {tmp_path / 'table'} holds none of the runs iwae-1l-k1")
+
+
+def test_resume_of_a_run_that_kept_no_checkpoints_is_refused_and_its_metrics_stay(tmp_path, slice_config):
+    """A finished run may keep its parameters in place of checkpoints: resuming it would
+    start from epoch 0 and rewrite the metrics of the epochs it trained."""
+    run = tmp_path / "r"
+    config = dataclasses.replace(slice_config, epochs=2, plot_epochs=())
+    runner.train_and_evaluate(config, run, quiet=True)
+    restore.save_params(restore.restore_run(run))
+    shutil.rmtree(run / "checkpoints")  # as a finished Burda et al. row keeps itself
+    kept = (run / "metrics.jsonl").read_text()
+    code, stderr = run_cli([*cli_flags(dataclasses.replace(config, epochs=3), run), "--resume"])
+    assert code == 2 and stderr.count("\n") == 1, stderr
+    assert stderr.startswith(f"error: cannot resume {run}: its metrics.jsonl records 2 trained epochs but it keeps no")
+    assert "pass --overwrite to train it again from epoch 0" in stderr
+    assert (run / "metrics.jsonl").read_text() == kept and restore.restore_run(run).epoch == 2
 
 
 def test_no_run_writes_through_a_link_to_its_lock_its_orbax_log_or_a_seeds_folder(tmp_path, slice_config):
