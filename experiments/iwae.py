@@ -410,10 +410,12 @@ def claims(rows: dict[str, dict]) -> dict[str, dict]:
 
     for layers in (1, 2):
         k1, vae50, iwae50 = f"iwae-{layers}l-k1", f"vae-{layers}l-k50", f"iwae-{layers}l-k50"
-        judge(  # IWAE's gain from k = 1 to 50, beyond the VAE's
+        pairs = [(f"vae-{layers}l-k{k}", f"iwae-{layers}l-k{k}") for k in (5, 50)]
+        compared = [pair for pair in pairs if all(name in nll for name in pair)] or [(vae50, iwae50)]
+        judge(  # IWAE's gain from k = 1 beyond the VAE's, at the k > 1 measured where it is least
             f"{layers}l: IWAE's NLL falls with k more than the VAE's",
-            [k1, vae50, iwae50],
-            lambda v=vae50, i=iwae50: nll[v] - nll[i],
+            [k1, *(name for pair in compared for name in pair)],
+            lambda c=compared: min(nll[vae] - nll[iwae] for vae, iwae in c),
         )
         judge(
             f"{layers}l: IWAE k=50 keeps more active units than VAE k=50",

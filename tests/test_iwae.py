@@ -305,6 +305,12 @@ def test_the_claims_are_judged_on_the_rows_measured_beyond_their_noise():
     assert verdicts["2 stochastic layers beat 1, every pair"]["holds"] is None
     measured |= rows(iwae_2l_k50=88.5)
     assert iwae.claims(measured)["2 stochastic layers beat 1, every pair"]["holds"] is False
+    measured |= rows(vae_1l_k5=89.8, iwae_1l_k5=89.6)  # at k = 5 IWAE leads by less: the verdict is the least lead
+    falls = iwae.claims(measured)["1l: IWAE's NLL falls with k more than the VAE's"]
+    assert falls["holds"] is None and falls["margin"] == pytest.approx(0.2) and "vae-1l-k5" in falls["nll"]
+    del measured["vae-1l-k50"]  # k = 5 alone: judged on it
+    falls = iwae.claims(measured)["1l: IWAE's NLL falls with k more than the VAE's"]
+    assert falls["margin"] == pytest.approx(0.2) and set(falls["nll"]) == {"iwae-1l-k1", "vae-1l-k5", "iwae-1l-k5"}
     assert "| stl beats the plain gradient at k=50 (1l) | within noise | -0.10 (noise 0.25) |" in iwae.markdown(
         {"iw_samples": 5000, "stages": 3, "epochs": 13, "rows": [], "claims": verdicts}
     )
