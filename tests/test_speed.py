@@ -151,9 +151,10 @@ def test_profile_names_the_matrix_products_among_the_longest_ops(tmp_path):
         ops = row["top_ops"]
         shares = [op["share"] for op in ops]
         assert len(ops) >= 5 and shares == sorted(shares, reverse=True) and 0 < shares[-1] <= shares[0] <= 1
-        # The VAE's two large layers: forward and backward products lead the list (a quick epoch
-        # on a loaded machine may see one or two small ops stretched among them).
-        assert "Dense_" in ops[0]["computes"] and sum("Dense_" in op["computes"] for op in ops[:7]) >= 4, ops
+        # The VAE's two large layers: their forward and backward products lead the list and hold
+        # most of its time (a quick epoch on a loaded machine sees a few small ops stretched among them).
+        products = [op["share"] for op in ops if "Dense_" in op["computes"]]
+        assert "Dense_" in ops[0]["computes"] and len(products) >= 4 and sum(products) > sum(shares) / 2, ops
     assert "longest ops of one profiled epoch" in finished.stdout
 
 
