@@ -511,17 +511,22 @@ def full_schedule_run(row: str) -> tuple[config.Config, int]:
 
 
 @pytest.mark.parametrize(
-    ("row", "samples", "latents"),
-    [("iwae-1l-k1", 1, (50, (), 0)), ("iwae-2l-k1", 1, (100, (100, 100), 50)), ("iwae-1l-k5", 5, (50, (), 0))],
+    ("row", "objective", "latents"),
+    [
+        ("iwae-1l-k1", ("iwae", 1), (50, (), 0)),
+        ("iwae-2l-k1", ("iwae", 1), (100, (100, 100), 50)),
+        ("iwae-1l-k5", ("iwae", 5), (50, (), 0)),
+        ("vae-1l-k5", ("vae_k", 5), (50, (), 0)),
+    ],
 )
-def test_the_committed_full_schedule_runs_finished_and_resume_trains_nothing_more(row, samples, latents):
+def test_the_committed_full_schedule_runs_finished_and_resume_trains_nothing_more(row, objective, latents):
     from experiments import iwae
     from jaxae.restore import restore_run
 
     run, epochs = full_schedule_run(row)
     folder = RESULTS / "iwae_full" / row
     assert (run.latent_dim, tuple(run.upper_widths), run.upper_latent_dim) == latents
-    assert run.objective_samples == samples and epochs == 3280
+    assert (run.objective, run.objective_samples) == objective and epochs == 3280
     assert iwae.finished(run, folder)  # its parameters and measurements stand in for checkpoints
     assert restore_run(folder).epoch == 3280
 
