@@ -531,6 +531,29 @@ def test_the_committed_full_schedule_runs_finished_and_resume_trains_nothing_mor
     assert restore_run(folder).epoch == 3280
 
 
+@pytest.mark.parametrize(
+    ("row", "objective", "latents"),
+    [("iwae-2l-k5", ("iwae", 5), (100, (100, 100), 50))],
+)
+def test_the_committed_full_schedule_runs_in_progress_continue_from_their_checkpoints(row, objective, latents):
+    """A row in progress restores with the code as it is now, optimizer state included, at
+    the epoch its metrics reached, and is not taken for finished: ``--resume`` trains it on."""
+    from experiments import iwae
+    from jaxae import checkpoint
+
+    run, epochs = full_schedule_run(row)
+    folder = RESULTS / "iwae_full" / row
+    assert (run.latent_dim, tuple(run.upper_widths), run.upper_latent_dim) == latents
+    assert (run.objective, run.objective_samples) == objective and epochs < run.epochs
+    model = build.build_model(run, (28, 28, 1))
+    template = train.create_state(model, build.build_optimizer(run, 3000), (28, 28, 1), key=jax.random.key(0))
+    with checkpoint.Checkpoints(folder / "checkpoints") as saved:
+        state, meta = saved.restore(template, saved.latest_epoch())
+    assert meta["epoch"] == epochs
+    assert int(state.step) == 3000 * epochs and int(state.opt_state[0].count) == 3000 * epochs
+    assert not iwae.finished(run, folder)
+
+
 def test_committed_two_layer_parameters_score_their_chain_as_the_paper_writes_the_model(mnist_test):
     """The latent-variable protocol against the 2-layer model written out in numpy from the
     committed parameters: ``log w = log p(x | z1) + log p(z1 | z2) + log p(z2) - log q(z1 | x) - log q(z2 | z1)``."""
