@@ -83,15 +83,14 @@ def check_workdir(workdir: Path, config: Config, *, resume: bool, overwrite: boo
                 f"cannot resume {workdir} with a different config: {', '.join(differ)}; "
                 f"use the saved values or a new `workdir`"
             )
-    trained = trained_epochs(workdir)
-    if resume and not overwrite and trained and not (workdir / "checkpoints").exists():
-        # starting again from epoch 0 would rewrite the metrics of a run whose state is gone
-        raise ConfigError(
-            f"cannot resume {workdir}: its metrics.jsonl records {trained} trained epochs but it keeps no "
-            f"checkpoints to continue from (a finished run may keep only its parameters); pass `overwrite` to "
-            f"train it again from epoch 0, or choose another `workdir`",
-            field="workdir",
-        )
+        trained = 0 if overwrite or (workdir / "checkpoints").exists() else trained_epochs(workdir)
+        if trained:  # starting again from epoch 0 would rewrite the metrics of a run whose state is gone
+            raise ConfigError(
+                f"cannot resume {workdir}: its metrics.jsonl records {trained} trained epochs but it keeps no "
+                f"checkpoints to continue from (a finished run may keep only its parameters); pass `overwrite` "
+                f"to train it again from epoch 0, or choose another `workdir`",
+                field="workdir",
+            )
 
 
 def trained_epochs(workdir: Path) -> int:
