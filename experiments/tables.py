@@ -122,7 +122,7 @@ IWAE_TEXT_COMMAND = "python -m experiments.iwae --setup text --rows all iwae-1l-
 IWAE_LONG_COMMAND = "python -m experiments.iwae --setup text --rows iwae-1l-k1 --stages 7"
 IWAE_1L_COMMAND = f"python -m experiments.iwae --setup text {IWAE_1L_ROWS} --stages 4"
 # all 8 stages, trained in --hours calls
-IWAE_FULL_COMMAND = "python -m experiments.iwae --rows iwae-1l-k1 vae-1l-k5 iwae-1l-k5 iwae-2l-k1"
+IWAE_FULL_COMMAND = "python -m experiments.iwae --rows iwae-1l-k1 vae-1l-k5 iwae-1l-k5 iwae-2l-k1 iwae-2l-k5"
 ROWS = (
     Row("VAE", "vae", "python -m experiments.vae", _single),
     Row("MLP autoencoder", "ae", "python -m experiments.ae", _single),
@@ -138,7 +138,7 @@ ROWS = (
     ),
     *(
         Row(f"IWAE, all 8 stages: {v}", "iwae_full", IWAE_FULL_COMMAND, _iwae_row(v), v)
-        for v in ("iwae-1l-k1", "vae-1l-k5", "iwae-1l-k5", "iwae-2l-k1")
+        for v in ("iwae-1l-k1", "vae-1l-k5", "iwae-1l-k5", "iwae-2l-k1", "iwae-2l-k5")
     ),
     *(
         Row(f"IWAE, 3 of 8 stages: {v}", "iwae", IWAE_COMMAND, _iwae(v), v)

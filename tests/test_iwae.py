@@ -496,12 +496,11 @@ def test_committed_parameters_restore_and_are_the_ones_their_table_measured():
         assert run.epoch == kept["epochs"] and state_digest(run.params) == kept["params_digest"], path
 
 
-def full_schedule_run(row: str) -> tuple[config.Config, int]:
+def full_schedule_run(folder: Path) -> tuple[config.Config, int]:
     """A committed full-schedule row's config, checked to be the code's setup on all 8
     stages, and the epochs its metrics record (each line one epoch, the last its number)."""
     import json
 
-    folder = RESULTS / "iwae_full" / row
     history = (folder / "metrics.jsonl").read_text().splitlines()
     run = config.Config.from_json(json.loads((folder / "config.json").read_text()))
     setup = (run.optimizer, run.scale_output, run.schedule, run.stages_count, run.epochs)
@@ -517,14 +516,15 @@ def full_schedule_run(row: str) -> tuple[config.Config, int]:
         ("iwae-2l-k1", ("iwae", 1), (100, (100, 100), 50)),
         ("iwae-1l-k5", ("iwae", 5), (50, (), 0)),
         ("vae-1l-k5", ("vae_k", 5), (50, (), 0)),
+        ("iwae-2l-k5", ("iwae", 5), (100, (100, 100), 50)),
     ],
 )
 def test_the_committed_full_schedule_runs_finished_and_resume_trains_nothing_more(row, objective, latents):
     from experiments import iwae
     from jaxae.restore import restore_run
 
-    run, epochs = full_schedule_run(row)
     folder = RESULTS / "iwae_full" / row
+    run, epochs = full_schedule_run(folder)
     assert (run.latent_dim, tuple(run.upper_widths), run.upper_latent_dim) == latents
     assert (run.objective, run.objective_samples) == objective and epochs == 3280
     assert iwae.finished(run, folder)  # its parameters and measurements stand in for checkpoints
@@ -532,19 +532,19 @@ def test_the_committed_full_schedule_runs_finished_and_resume_trains_nothing_mor
 
 
 @pytest.mark.parametrize(
-    ("row", "objective", "latents"),
-    [("iwae-2l-k5", ("iwae", 5), (100, (100, 100), 50))],
+    ("row", "objective", "latents", "seed"),
+    [],
 )
-def test_the_committed_full_schedule_runs_in_progress_continue_from_their_checkpoints(row, objective, latents):
+def test_the_committed_full_schedule_runs_in_progress_continue_from_their_checkpoints(row, objective, latents, seed):
     """A row in progress restores with the code as it is now, optimizer state included, at
     the epoch its metrics reached, and is not taken for finished: ``--resume`` trains it on."""
     from experiments import iwae
     from jaxae import checkpoint
 
-    run, epochs = full_schedule_run(row)
-    folder = RESULTS / "iwae_full" / row
+    folder = RESULTS / row
+    run, epochs = full_schedule_run(folder)
     assert (run.latent_dim, tuple(run.upper_widths), run.upper_latent_dim) == latents
-    assert (run.objective, run.objective_samples) == objective and epochs < run.epochs
+    assert (run.objective, run.objective_samples, run.seed) == (*objective, seed) and epochs < run.epochs
     model = build.build_model(run, (28, 28, 1))
     template = train.create_state(model, build.build_optimizer(run, 3000), (28, 28, 1), key=jax.random.key(0))
     with checkpoint.Checkpoints(folder / "checkpoints") as saved:
