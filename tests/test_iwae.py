@@ -533,7 +533,10 @@ def test_the_committed_full_schedule_runs_finished_and_resume_trains_nothing_mor
 
 @pytest.mark.parametrize(
     ("row", "objective", "latents", "seed"),
-    [],
+    [
+        ("iwae_full/vae-2l-k5", ("vae_k", 5), (100, (100, 100), 50), 0),
+        ("iwae_full_seed1/iwae-1l-k5", ("iwae", 5), (50, (), 0), 1),
+    ],
 )
 def test_the_committed_full_schedule_runs_in_progress_continue_from_their_checkpoints(row, objective, latents, seed):
     """A row in progress restores with the code as it is now, optimizer state included, at
