@@ -5,6 +5,8 @@ python -m experiments.iwae --rows all --stages 3 --seeds 2        # every row, 1
 python -m experiments.iwae --rows iwae-1l-k1 --hours 2            # the full 3280 epochs, 2 hours a call
 python -m experiments.iwae --rows iwae-1l-k1 --hours 2 --resume   # ... continued in the next call
 python -m experiments.iwae --rows iwae-1l-k1 --measure-only       # measure the kept parameters again
+python -m experiments.iwae --rows iwae-1l-k1 --seed 1 --workdir runs/iwae_seed1 --hours 2  # a second seed, apart
+python -m experiments.iwae --rows iwae-1l-k1 --resume --seeds-from runs/iwae_seed1  # ... averaged into the row
 
 A row is ``<vae|iwae>-<1|2>l-k<1|5|50>``, optionally ending ``-stl``, ``-dreg`` or
 ``-plain`` to pick its gradient estimator (otherwise --estimator's); ``all`` is the paper's
@@ -46,7 +48,7 @@ from jaxae.config import LIMITS, Config, ConfigError
 from jaxae.files import atomic_write_text
 from jaxae.optim import stage_epochs
 from jaxae.restore import RestoredRun, restore_run, save_params
-from jaxae.workdir import PARAMS_FILE, locked, seed_workdirs, trained_epochs
+from jaxae.workdir import PARAMS_FILE, config_differences, locked, read_config, seed_workdirs, trained_epochs
 
 BATCH_SIZE = 20
 # The setup of the authors' code, which produced the paper's Table 1: its Adam, sigma = exp(out).
@@ -153,6 +155,14 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         "--iw-samples", type=int, default=5000, help="importance samples per test image (default: %(default)s)"
     )
     parser.add_argument(
+        "--seeds-from",
+        nargs="+",
+        default=[],
+        metavar="WORKDIR",
+        help="workdirs holding the same rows trained with other seeds (--seed there): their finished runs are "
+        "measured and averaged with --workdir's; nothing there is trained",
+    )
+    parser.add_argument(
         "--measure-only",
         action="store_true",
         help="train nothing: measure each row's kept parameters (checkpoints or params.npz) again and set the "
@@ -211,18 +221,24 @@ def plan(variants: dict[str, Config], workdir: Path, args: argparse.Namespace) -
     print("iwae: the plan, projected from this machine's own training steps:", flush=True)
     total = 0.0
     for name, variant in variants.items():
+        others = [  # checked before any training
+            f"  {name}: seed {read_config(folder).seed} from {folder}, {epochs} epochs"
+            + ("" if epochs == variant.epochs else ": left out until it finishes")
+            for folder, epochs in other_seeds(variant, name, args).items()
+        ]
         done = trained_epochs(seed_folders(variant, workdir / name)[0]) if args.resume else 0
         steps = max(variant.epochs - done, 0) * -(-len(images) // variant.batch_size)
-        if not steps:
+        if steps:
+            step = step_seconds(variant, images)
+            total += steps * step
+            print(
+                f"  {name}: epochs {done + 1}..{variant.epochs} of {variant.epochs}, {count(variant.seeds, 'seed')}, "
+                f"{steps:,} steps of {step * 1000:.1f} ms: {steps * step / 3600:.2f} h",
+                flush=True,
+            )
+        else:
             print(f"  {name}: trained ({done} epochs)", flush=True)
-            continue
-        step = step_seconds(variant, images)
-        total += steps * step
-        print(
-            f"  {name}: epochs {done + 1}..{variant.epochs} of {variant.epochs}, {count(variant.seeds, 'seed')}, "
-            f"{steps:,} steps of {step * 1000:.1f} ms: {steps * step / 3600:.2f} h",
-            flush=True,
-        )
+        print("".join(f"{line}\n" for line in others), end="", flush=True)
     print(
         f"iwae: {total / 3600:.2f} h of training in all, and a k = {args.iw_samples} evaluation of each run; "
         "--hours H stops cleanly after H hours, --resume continues",
@@ -233,6 +249,48 @@ def plan(variants: dict[str, Config], workdir: Path, args: argparse.Namespace) -
 def seed_folders(variant: Config, folder: Path) -> list[Path]:
     """The folders of a row's seeds: the row's own for one seed, else its ``seed_<s>/``."""
     return [path for _, path in seed_workdirs(variant, folder)]
+
+
+def other_seeds(variant: Config, name: str, args: argparse.Namespace) -> dict[Path, int]:
+    """The runs of row ``name`` in the --seeds-from workdirs (a run, or its ``seed_<s>/``
+    folders), with the epochs each trained: the same run as ``variant`` but for its seed,
+    trained elsewhere (in another process, on another machine) and averaged into the row
+    once it has trained all of ``variant``'s epochs.
+
+    Raises:
+        ConfigError: a workdir that is not a folder, a run that differs from ``variant`` in
+            more than its seed, a seed that comes twice, or a run trained past
+            ``variant``'s epochs; the message names the run and the fix.
+    """
+    held = {seed: "--workdir" for seed in range(variant.seed, variant.seed + variant.seeds)}
+    runs = {}
+    for workdir in map(Path, args.seeds_from):
+        if not workdir.is_dir():
+            raise ConfigError(f"--seeds-from {workdir} is not a folder: pass the --workdir of runs of other seeds")
+        row = workdir / name
+        for folder in [row] if (row / "config.json").exists() else sorted(row.glob("seed_*")):
+            saved = read_config(folder)
+            differences = config_differences(saved, dataclasses.replace(variant, seed=saved.seed, seeds=saved.seeds))
+            if differences:
+                raise ConfigError(f"{folder} is not {name} with another seed, it differs in {', '.join(differences)}")
+            if saved.seed in held:
+                raise ConfigError(
+                    f"{folder} holds seed {saved.seed} of {name}, as {held[saved.seed]} does: pass each seed once"
+                )
+            held[saved.seed] = str(folder)
+            runs[folder] = trained_epochs(folder)
+            if runs[folder] > variant.epochs:
+                raise ConfigError(
+                    f"{folder} trained {runs[folder]} epochs, {name} here {variant.epochs}: pass that run's --stages"
+                )
+    return runs
+
+
+def row_folders(variant: Config, name: str, workdir: Path, args: argparse.Namespace) -> list[Path]:
+    """The folders whose runs make row ``name``: its seeds in ``workdir``, then those of
+    --seeds-from that trained all its epochs."""
+    others = [folder for folder, epochs in other_seeds(variant, name, args).items() if epochs == variant.epochs]
+    return seed_folders(variant, workdir / name) + others
 
 
 def kept_measurements(folder: Path) -> bool:
@@ -322,7 +380,7 @@ def analyse(variants: dict[str, Config], workdir: Path, args: argparse.Namespace
     for name, variant in variants.items():
         args.stopping.check_between(f"stopped before measuring {name}: every run and figure measured is kept")
         print(f"iwae: measuring {name} (k = {args.iw_samples})", flush=True)
-        measured[name] = [measure(folder, args.iw_samples) for folder in seed_folders(variant, workdir / name)]
+        measured[name] = [measure(folder, args.iw_samples) for folder in row_folders(variant, name, workdir, args)]
     table = [table_row(row, measured[row.run_name]) for row in rows]
     epochs = sorted({measurements["epochs"] for per_seed in measured.values() for measurements in per_seed})
     stages = [count for count in range(1, PAPER_STAGES + 1) if [stage_epochs(count)] == epochs]
@@ -339,7 +397,7 @@ def remeasure(config: Config, args: argparse.Namespace) -> int:
     beside the measurements their ``table.json`` holds; returns the exit code."""
     workdir = Path(args.workdir)
     for name, variant in variants(config, args).items():
-        for folder in seed_folders(variant, workdir / name):
+        for folder in [*seed_folders(variant, workdir / name), *other_seeds(variant, name, args)]:
             run = restore_run(folder)
             source = "checkpoint" if (folder / "checkpoints").exists() else "params.npz"
             fresh = measure_run(run, args.iw_samples)

@@ -371,7 +371,9 @@ def test_log_sigma_outputs_twice_the_log_variance_of_the_same_weights():
 
 
 @pytest.mark.slow
-def test_iwae_rows_over_seeds_keep_their_parameters_and_measure_again_from_them(mnist_slice_dir, tmp_path, capsys):
+def test_iwae_rows_over_seeds_keep_their_parameters_measure_again_and_join_seeds_trained_apart(
+    mnist_slice_dir, tmp_path, capsys
+):
     import json
     import shutil
 
@@ -410,6 +412,34 @@ def test_iwae_rows_over_seeds_keep_their_parameters_and_measure_again_from_them(
     assert "iwae-1l-k1: trained (1 epochs)" in out and "training iwae-1l-k1" not in out
     assert not any((folder / "checkpoints").exists() for folder in seeds)  # finished runs are not trained again
     assert json.loads((tmp_path / "summary.json").read_text())["iwae"]["rows"][0] == row
+
+    # the same two seeds trained apart, each in a workdir of its own, make the same row
+    apart = [tmp_path / "apart" / name for name in ("seed0", "seed1", "other_rate", "in_progress")]
+    for workdir, folder in zip(apart, [*seeds, seeds[1], seeds[1]], strict=True):
+        shutil.copytree(folder, workdir / "iwae-1l-k1")
+    here = ["--workdir", str(apart[0]), *flags[2:], "--resume", "--seeds-from"]
+    assert iwae.main([*here, str(apart[1])]) == 0, capsys.readouterr().err[-3000:]
+    out = capsys.readouterr().out
+    assert f"iwae-1l-k1: trained (1 epochs)\n  iwae-1l-k1: seed 1 from {apart[1] / 'iwae-1l-k1'}, 1 epochs\n" in out
+    assert "training iwae-1l-k1" not in out
+    assert json.loads((apart[0] / "summary.json").read_text())["iwae"]["rows"][0] == row
+
+    (apart[3] / "iwae-1l-k1" / "metrics.jsonl").write_text("")  # a run of seed 1 still training
+    assert iwae.main([*here, str(apart[3])]) == 0, capsys.readouterr().err[-3000:]
+    assert "seed 1 from" in (out := capsys.readouterr().out) and "0 epochs: left out until it finishes" in out
+    alone = json.loads((apart[0] / "summary.json").read_text())["iwae"]["rows"][0]
+    assert alone["seeds"] == 1 and alone["nll"] == round(kept[0]["test_nll"], 2)
+
+    saved = apart[2] / "iwae-1l-k1" / "config.json"
+    saved.write_text(saved.read_text().replace('"learning_rate": 0.001', '"learning_rate": 0.002'))
+    for seeds_from, message in [
+        (apart[0], "holds seed 0 of iwae-1l-k1, as --workdir does: pass each seed once"),
+        (apart[2], "is not iwae-1l-k1 with another seed, it differs in learning_rate (0.002 -> 0.001)"),
+        (tmp_path / "missing", "is not a folder: pass the --workdir of runs of other seeds"),
+    ]:
+        assert iwae.main([*here, str(seeds_from)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_runs_figures_are_titled_by_what_it_trains():
