@@ -35,6 +35,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -222,9 +223,9 @@ def plan(variants: dict[str, Config], workdir: Path, args: argparse.Namespace) -
     total = 0.0
     for name, variant in variants.items():
         others = [  # checked before any training
-            f"  {name}: seed {read_config(folder).seed} from {folder}, {epochs} epochs"
-            + ("" if epochs == variant.epochs else ": left out until it finishes")
-            for folder, epochs in other_seeds(variant, name, args).items()
+            f"  {name}: seed {run.seed} from {folder}, {run.epochs} epochs"
+            + ("" if run.epochs == variant.epochs else ": left out until it finishes")
+            for folder, run in other_seeds(variant, name, args).items()
         ]
         done = trained_epochs(seed_folders(variant, workdir / name)[0]) if args.resume else 0
         steps = max(variant.epochs - done, 0) * -(-len(images) // variant.batch_size)
@@ -238,7 +239,8 @@ def plan(variants: dict[str, Config], workdir: Path, args: argparse.Namespace) -
             )
         else:
             print(f"  {name}: trained ({done} epochs)", flush=True)
-        print("".join(f"{line}\n" for line in others), end="", flush=True)
+        for line in others:
+            print(line, flush=True)
     print(
         f"iwae: {total / 3600:.2f} h of training in all, and a k = {args.iw_samples} evaluation of each run; "
         "--hours H stops cleanly after H hours, --resume continues",
@@ -251,9 +253,16 @@ def seed_folders(variant: Config, folder: Path) -> list[Path]:
     return [path for _, path in seed_workdirs(variant, folder)]
 
 
-def other_seeds(variant: Config, name: str, args: argparse.Namespace) -> dict[Path, int]:
+class OtherSeed(NamedTuple):
+    """A run of a row's seed trained in a --seeds-from workdir."""
+
+    seed: int
+    epochs: int  # trained so far
+
+
+def other_seeds(variant: Config, name: str, args: argparse.Namespace) -> dict[Path, OtherSeed]:
     """The runs of row ``name`` in the --seeds-from workdirs (a run, or its ``seed_<s>/``
-    folders), with the epochs each trained: the same run as ``variant`` but for its seed,
+    folders), with their seeds and the epochs each trained: the same run as ``variant`` but for its seed,
     trained elsewhere (in another process, on another machine) and averaged into the row
     once it has trained all of ``variant``'s epochs.
 
@@ -278,10 +287,11 @@ def other_seeds(variant: Config, name: str, args: argparse.Namespace) -> dict[Pa
                     f"{folder} holds seed {saved.seed} of {name}, as {held[saved.seed]} does: pass each seed once"
                 )
             held[saved.seed] = str(folder)
-            runs[folder] = trained_epochs(folder)
-            if runs[folder] > variant.epochs:
+            runs[folder] = OtherSeed(saved.seed, trained_epochs(folder))
+            if runs[folder].epochs > variant.epochs:
                 raise ConfigError(
-                    f"{folder} trained {runs[folder]} epochs, {name} here {variant.epochs}: pass that run's --stages"
+                    f"{folder} trained {runs[folder].epochs} epochs, {name} here {variant.epochs}: "
+                    "pass that run's --stages"
                 )
     return runs
 
@@ -289,7 +299,7 @@ def other_seeds(variant: Config, name: str, args: argparse.Namespace) -> dict[Pa
 def row_folders(variant: Config, name: str, workdir: Path, args: argparse.Namespace) -> list[Path]:
     """The folders whose runs make row ``name``: its seeds in ``workdir``, then those of
     --seeds-from that trained all its epochs."""
-    others = [folder for folder, epochs in other_seeds(variant, name, args).items() if epochs == variant.epochs]
+    others = [folder for folder, run in other_seeds(variant, name, args).items() if run.epochs == variant.epochs]
     return seed_folders(variant, workdir / name) + others
 
 
